@@ -1,0 +1,121 @@
+"""Command line: `python -m zdlab ...` (also installed as `zdlab`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from . import config, db, server
+from .errors import ZdlabError
+
+
+def _db(args: argparse.Namespace) -> int:
+    if args.action == "url":
+        print(db.database_url())
+        return 0
+    if config.external_url():
+        if args.action == "status":
+            with db.connect() as conn:
+                version = conn.execute("SHOW server_version").fetchone()[0]
+            print(f"using DATABASE_URL {config.redact(config.external_url())} (PostgreSQL {version})")
+        else:
+            print(f"DATABASE_URL is set ({config.redact(config.external_url())}): the kit uses that "
+                  f"server and starts or stops none.")
+        return 0
+    if args.action == "start":
+        st = server.start()
+        print(st.describe())
+        print(f"database URL: {config.redact(db.database_url())}")
+    elif args.action == "stop":
+        print(server.stop().describe())
+    else:
+        st = server.status()
+        print(st.describe())
+        return 0 if st.running else 3
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    if not config.external_url():
+        server.start()
+    with db.connect():
+        pass  # fail here, with a clear message, rather than in the first notebook cell
+    os.environ["PLOOMBER_STATS_ENABLED"] = "false"
+    os.environ.setdefault("ZDLAB_HOME", str(config.home()))
+    notebooks = args.notebook_dir or str(config.home() / "notebooks")
+    cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebooks}",
+           f"--ServerApp.ip={args.ip}", f"--ServerApp.port={args.port}", *args.extra]
+    if not args.browser:
+        cmd.append("--no-browser")
+    print(f"JupyterLab on http://{args.ip}:{args.port} (the token is in the URL printed below)", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from .sandbox import Sandbox, all_sandboxes
+
+    if args.server:
+        if config.external_url():
+            raise ZdlabError("--server deletes the embedded server's data; DATABASE_URL is set, so "
+                             "there is none to delete. Run `zdlab reset` without --server.")
+        server.stop()
+        shutil.rmtree(config.state_dir() / "pgdata", ignore_errors=True)
+        print("embedded server stopped and its data deleted; `zdlab db start` makes a new one")
+        return 0
+    with db.connect(application_name=f"{config.APP_PREFIX}/reset") as conn:
+        schemas = all_sandboxes(conn)
+    for schema in schemas:
+        box = Sandbox(schema.removeprefix("zd_"))
+        box.drop()
+    print(f"dropped {len(schemas)} sandbox schema(s) and ended their sessions: {', '.join(schemas) or '-'}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    return doctor.run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zdlab", description="Zero-Downtime Lab command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("db", help="the embedded PostgreSQL server")
+    p.add_argument("action", choices=["start", "stop", "status", "url"])
+    p.set_defaults(func=_db)
+
+    p = sub.add_parser("lab", help="start the database (unless DATABASE_URL) and JupyterLab")
+    p.add_argument("--ip", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--notebook-dir")
+    p.add_argument("--browser", action="store_true", help="open a browser")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="more JupyterLab options")
+    p.set_defaults(func=_lab)
+
+    p = sub.add_parser("doctor", help="check the environment, with a fix for each problem")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("reset", help="drop every sandbox schema and end its sessions")
+    p.add_argument("--server", action="store_true", help="also delete the embedded server's data")
+    p.set_defaults(func=_reset)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ZdlabError as exc:
+        print(f"zdlab: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

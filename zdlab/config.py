@@ -1,0 +1,74 @@
+"""Where things live and which database to use: the one place that reads the environment.
+
+- ``DATABASE_URL`` set: use that server, start none (Docker path, shared servers).
+- otherwise: the embedded PostgreSQL 18 under ``<repo>/.zdlab/`` on 127.0.0.1:``ZDLAB_PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from .errors import BadInput
+
+DEFAULT_PORT = 54320  # not 5432: a local PostgreSQL often holds that one
+DB_NAME = "workshop"
+DB_USER = "postgres"
+DB_PASSWORD = "workshop"  # the embedded server listens on 127.0.0.1 only
+APP_PREFIX = "zdlab"  # every connection we open is tagged application_name=zdlab/...
+
+
+def home() -> Path:
+    """The kit's root folder: ``ZDLAB_HOME``, else the repository this package sits in."""
+    if os.environ.get("ZDLAB_HOME"):
+        return Path(os.environ["ZDLAB_HOME"]).expanduser().resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").exists():
+        return repo
+    return Path.home() / ".zdlab-home"
+
+
+def state_dir() -> Path:
+    """Git-ignored folder for the embedded server's data and log."""
+    return home() / ".zdlab"
+
+
+def port() -> int:
+    raw = os.environ.get("ZDLAB_PORT", "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
+        raise BadInput(
+            f"ZDLAB_PORT={raw!r} is not a usable port. Set it to a number between 1024 and "
+            f"65535 (for example `export ZDLAB_PORT=54321`), or unset it to use {DEFAULT_PORT}."
+        )
+    return int(raw)
+
+
+def external_url() -> str | None:
+    """The server the user chose with DATABASE_URL, if any."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    return url or None
+
+
+def embedded_url(port_number: int | None = None, database: str = DB_NAME) -> str:
+    p = port_number if port_number is not None else port()
+    return f"postgresql://{DB_USER}:{quote(DB_PASSWORD)}@127.0.0.1:{p}/{database}"
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL with another database name."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(database), parts.query, ""))
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same URL for SQLAlchemy/JupySQL, driven by psycopg 3."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)

@@ -1,0 +1,82 @@
+"""Connections: every psycopg connection the kit opens goes through here, so that a
+server that is down, a wrong URL or a wrong password all give one clear paragraph."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+
+from . import config, server
+from .errors import ZdlabError
+
+CONNECT_TIMEOUT_S = 5
+
+
+def explain_connect_error(url: str, exc: Exception) -> ZdlabError:
+    """Turn a libpq failure into what happened and what to do."""
+    text = str(exc).strip()
+    low = text.lower()
+    shown = config.redact(url)
+    using = ("DATABASE_URL" if config.external_url() else "the embedded server (`make lab` or `zdlab db start`)")
+    if "password authentication failed" in low or "no password supplied" in low:
+        what = ("The server rejected the user name or password. Check the user and password in "
+                "DATABASE_URL (the Docker path uses postgres/workshop), or unset DATABASE_URL to use "
+                "the embedded server.")
+    elif "does not exist" in low and "database" in low:
+        what = ("The server is up but that database does not exist. Create it (`createdb`), fix the "
+                "database name at the end of the URL, or run `zdlab db start` for the embedded server.")
+    elif "could not translate host name" in low or "name or service not known" in low:
+        what = ("That host name does not resolve. Outside Docker use 127.0.0.1 or localhost; inside "
+                "the compose network the server is called `db`.")
+    elif "connection refused" in low or "no such file or directory" in low:
+        what = (f"Nothing is listening there: the server is down or on another port. Start it with "
+                f"`make lab` or `zdlab db start`, or check the host and port of {using}.")
+    elif "timeout" in low or "timed out" in low:
+        what = "The server did not answer in time. Check the host and port, and any firewall between."
+    else:
+        what = f"Check that the server runs and that the URL is right ({using})."
+    first = text.splitlines()[-1] if text else type(exc).__name__
+    return ZdlabError(f"Could not connect to PostgreSQL at {shown}: {first} {what}")
+
+
+def connect_url(url: str, *, autocommit: bool = True, application_name: str | None = None,
+                **kwargs) -> psycopg.Connection:
+    """Open a psycopg connection to ``url`` with a clear error instead of a traceback."""
+    params = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": application_name or config.APP_PREFIX}
+    params.update(kwargs)
+    try:
+        return psycopg.connect(url, autocommit=autocommit, **params)
+    except psycopg.OperationalError as exc:
+        raise explain_connect_error(url, exc) from None
+    except psycopg.ProgrammingError as exc:  # a malformed URL
+        raise ZdlabError(f"The connection URL {config.redact(url)} is not valid: {exc}. "
+                         f"It should look like postgresql://user:password@host:5432/dbname.") from None
+
+
+def database_url() -> str:
+    """The URL of the database the notebooks use (DATABASE_URL or embedded `workshop`)."""
+    return server.url()
+
+
+def connect(*, autocommit: bool = True, application_name: str | None = None,
+            **kwargs) -> psycopg.Connection:
+    """A connection to the workshop database: ``DATABASE_URL`` if set, else the embedded server."""
+    if not config.external_url() and not server.status().running:
+        raise ZdlabError(
+            f"The embedded PostgreSQL server is not running (data folder {server.pgdata()}). "
+            f"Start it with `make lab`, or `zdlab db start` in a terminal "
+            f"(in a notebook: `!zdlab db start`), then run this cell again. "
+            f"To use another server instead, set DATABASE_URL before starting Jupyter."
+        )
+    return connect_url(database_url(), autocommit=autocommit,
+                       application_name=application_name, **kwargs)
+
+
+def server_version_num(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SHOW server_version_num").fetchone()[0])
+
+
+def telemetry_off() -> None:
+    """JupySQL (ploomber-core) phones home unless this is set: the kit never lets it."""
+    os.environ["PLOOMBER_STATS_ENABLED"] = "false"
