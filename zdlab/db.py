@@ -32,6 +32,8 @@ def explain_connect_error(url: str, exc: Exception) -> ZdlabError:
     elif "connection refused" in low or "no such file or directory" in low:
         what = (f"Nothing is listening there: the server is down or on another port. Start it with "
                 f"`make lab` or `zdlab db start`, or check the host and port of {using}.")
+    elif "invalid" in low and ("option" in low or "uri" in low or "conninfo" in low):
+        what = "The URL is not valid; it should look like postgresql://user:password@host:5432/dbname."
     elif "timeout" in low or "timed out" in low:
         what = "The server did not answer in time. Check the host and port, and any firewall between."
     else:
