@@ -49,6 +49,8 @@ def _lab(args: argparse.Namespace) -> int:
            f"--ServerApp.ip={args.ip}", f"--ServerApp.port={args.port}", *args.extra]
     if not args.browser:
         cmd.append("--no-browser")
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")  # CI and containers often run as root; the token still applies
     print(f"JupyterLab on http://{args.ip}:{args.port} (the token is in the URL printed below)", flush=True)
     os.execv(sys.executable, cmd)
     return 0  # not reached

@@ -1,0 +1,330 @@
+"""Exercises for the notebooks: ``check()``, ``hint()`` and ``solution()`` for every question.
+
+In a notebook (learntools style)::
+
+    from zdlab.checks import setup as ex     # this notebook's exercises
+    answer_sql = "SELECT ..."                # the learner's answer, in a named variable
+    ex.q1.check()                            # correct / incorrect (with why) / not attempted yet
+    ex.q1.hint()                             # ex.q1.hint(2), ex.q1.hint(3): more and more help
+    ex.q1.solution()                         # where the worked answer is, and its code
+
+How it fits together:
+
+- ``Exercise`` is the base class of one question. A subclass names the notebook variables it
+  reads (``answers``), gives ``hints``, and writes ``grade(box, **answers)``: it queries the
+  database (pg_catalog, pg_stat_activity, row counts), returns the success message, or raises
+  ``Incorrect("what is wrong, in one sentence")``. Run the learner's SQL with ``run_learner_sql``
+  so that a typo becomes "incorrect: your query failed: ..." instead of a traceback.
+- ``check()`` reads those variables from the caller's globals (the notebook), so a cell whose
+  placeholder raised ``NotImplementedError`` leaves them undefined: "not attempted yet".
+  Each exercise of a notebook therefore uses variable names of its own (``answer_sql``,
+  ``answer_index_sql``...). Tests pass them explicitly: ``ex.q1.check(answer_sql=..., sandbox=box)``.
+- ``Notebook("00_setup", q1=..., q2=...)`` groups one notebook's exercises, binds them to
+  that notebook's sandbox (``zdlab.sandbox("00_setup")``) and to ``solutions/00_setup.ipynb``,
+  and registers itself in ``NOTEBOOKS``.
+- One place per notebook: notebook 00's exercises are below (``setup``). A later notebook
+  ``NN_name`` gets ``zdlab/exercises/nbNN.py`` defining ``ex = Notebook("NN_name", ...)`` with
+  subclasses of ``Exercise`` from here, and its notebook does
+  ``from zdlab.exercises.nbNN import ex``.
+- ``ZDLAB_STRICT_CHECKS=1`` (the test suite sets it for notebook kernels): an incorrect result
+  raises ``AssertionError``, so a solution notebook with a wrong answer fails nbval. A
+  not-attempted result never raises: the learner's copy must run clean.
+- ``evaluate()`` is ``check()`` without display and without strict mode: for self-tests of a
+  checker on known-wrong answers (cells tagged ``solution-only``, dropped from the learner's copy).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import psycopg
+
+from . import config
+from .errors import ZdlabError
+from .sandbox import Sandbox
+
+Status = Literal["correct", "incorrect", "not_attempted"]
+
+STRICT_ENV = "ZDLAB_STRICT_CHECKS"
+LEARNER_TIMEOUT = "10s"  # a runaway learner query must not hang the check cell
+
+_MISSING = object()
+_STYLE = {  # symbol, title, colour
+    "correct": ("✓", "Correct", "#1a7f37"),
+    "incorrect": ("✗", "Incorrect", "#cf222e"),
+    "not_attempted": ("…", "Not attempted yet", "#9a6700"),
+}
+
+
+class Incorrect(Exception):
+    """Raised by ``Exercise.grade`` with one sentence saying what is wrong."""
+
+
+class CouldNotCheck(Exception):
+    """Raised when the checker itself cannot run (database down, sandbox missing)."""
+
+
+@dataclass
+class Result:
+    """What ``check()`` found. ``bool(result)`` is True only when correct."""
+
+    status: Status
+    message: str
+    exercise: str = ""
+    _shown_in: int | None = field(default=None, repr=False, compare=False)
+
+    def __bool__(self) -> bool:
+        return self.status == "correct"
+
+    def text(self) -> str:
+        symbol, title, _ = _STYLE[self.status]
+        return f"{symbol} {title}: {self.message}"
+
+    def _repr_html_(self) -> str:
+        symbol, title, colour = _STYLE[self.status]
+        return (f'<div style="color:{colour}"><b>{symbol} {title}</b>'
+                f'{" (" + html.escape(self.exercise) + ")" if self.exercise else ""}: '
+                f'{html.escape(self.message)}</div>')
+
+    def _ipython_display_(self) -> None:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        ip = get_ipython()
+        # check() has already shown this result in this cell; do not echo it a second time.
+        if ip is not None and self._shown_in == ip.execution_count:
+            return
+        display({"text/plain": self.text(), "text/html": self._repr_html_()}, raw=True)
+
+    def show(self) -> None:
+        """Display in Jupyter (coloured HTML), print elsewhere."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:  # plain Python without IPython
+            print(self.text())
+            return
+        ip = get_ipython()
+        if ip is None:
+            print(self.text())
+            return
+        display({"text/plain": self.text(), "text/html": self._repr_html_()}, raw=True)
+        self._shown_in = ip.execution_count
+
+
+def strict() -> bool:
+    """True when incorrect answers must raise (the test suite's notebook kernels)."""
+    return os.environ.get(STRICT_ENV, "").strip() not in ("", "0", "false", "no")
+
+
+def is_placeholder(value: Any) -> bool:
+    """No answer given yet: missing, None, ``...``, an empty string or the untouched template."""
+    if value is _MISSING or value is None or value is Ellipsis:
+        return True
+    return isinstance(value, str) and (not value.strip() or "YOUR CODE HERE" in value)
+
+
+def run_learner_sql(conn: psycopg.Connection, sql: Any) -> tuple[list[str], list[tuple]]:
+    """Run the learner's query; return (column names, rows). A failure becomes ``Incorrect``."""
+    if not isinstance(sql, str):
+        raise Incorrect(f"the answer should be a string holding one SQL query, not {type(sql).__name__}.")
+    try:
+        cur = conn.execute(sql)
+    except psycopg.Error as exc:
+        if conn.broken:
+            raise  # the connection died: the checker could not run, not the learner's fault
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            raise Incorrect(f"your query ran longer than {LEARNER_TIMEOUT} and was cancelled.") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise Incorrect(f"your query failed: {first}") from None
+    if cur.description is None:
+        raise Incorrect("your SQL returned no rows at all: it should be one SELECT query.")
+    return [c.name for c in cur.description], cur.fetchall()
+
+
+class Exercise:
+    """One question of one notebook. Subclass it; see the module docstring."""
+
+    answers: ClassVar[tuple[str, ...]] = ("answer_sql",)  # notebook variables check() reads
+    hints: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.notebook: Notebook | None = None
+        self.name = type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<exercise {self.label}: .check()  .hint()  .solution()>"
+
+    @property
+    def label(self) -> str:
+        return f"{self.notebook.name} {self.name}" if self.notebook else self.name
+
+    # -- what subclasses write ---------------------------------------------------------
+    def grade(self, box: Sandbox, **answers: Any) -> str:
+        """Return the success message, or raise Incorrect; every answer is given (not placeholder)."""
+        raise NotImplementedError
+
+    # -- what notebooks call -------------------------------------------------------------
+    def check(self, *, sandbox: Sandbox | None = None, **answers: Any) -> Result:
+        """Grade the answer, show the verdict and return it (strict mode: raise when incorrect)."""
+        result = self._evaluate(sys._getframe(1).f_globals, sandbox, answers)
+        result.show()
+        if result.status == "incorrect" and strict():
+            raise AssertionError(f"{self.label}: {result.text()}")
+        return result
+
+    def evaluate(self, *, sandbox: Sandbox | None = None, **answers: Any) -> Result:
+        """Grade without showing anything and without strict mode: for checker self-tests."""
+        return self._evaluate(sys._getframe(1).f_globals, sandbox, answers)
+
+    def hint(self, level: int = 1) -> None:
+        """Print hint ``level`` (1 = a nudge, the last one = nearly the answer)."""
+        if not self.hints:
+            print(f"No hint for {self.label}.")
+            return
+        level = max(1, min(int(level), len(self.hints)))
+        more = f"  (more: .hint({level + 1}))" if level < len(self.hints) else "  (last hint; see .solution())"
+        print(f"Hint {level} of {len(self.hints)}: {self.hints[level - 1]}{more}")
+
+    def solution(self) -> None:
+        """Print where the worked answer is and its code."""
+        path = self.notebook.solutions_path() if self.notebook else None
+        if path is None:
+            print(f"No worked answer is registered for {self.label}.")
+            return
+        shown = _relative(path)
+        code = solution_code(path, self.answers[0]) if path.exists() else None
+        if code is None:
+            print(f"The worked answer is in {shown} (exercise {self.name}); that file is not in this copy of the kit.")
+            return
+        print(f"Worked answer: {shown}, exercise {self.name}:\n\n{code}")
+
+    # -- machinery -----------------------------------------------------------------------
+    def _evaluate(self, namespace: dict, box: Sandbox | None, given: dict) -> Result:
+        unknown = set(given) - set(self.answers)
+        if unknown:
+            raise TypeError(f"{self.label} reads {', '.join(self.answers)}; got {', '.join(sorted(unknown))}")
+        values = {name: given.get(name, namespace.get(name, _MISSING)) for name in self.answers}
+        missing = [name for name, value in values.items() if is_placeholder(value)]
+        if missing:
+            return Result("not_attempted", f"set {' and '.join(missing)} in the cell above, run it, "
+                                           f"then run this check again.", self.label)
+        try:
+            box = box or self._sandbox()
+            return Result("correct", self.grade(box, **values), self.label)
+        except Incorrect as exc:
+            return Result("incorrect", str(exc), self.label)
+        except ZdlabError as exc:
+            return Result("incorrect", f"could not check: {exc.message}", self.label)
+        except (CouldNotCheck, psycopg.Error) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return Result("incorrect", f"could not check: {first}", self.label)
+        except Exception as exc:  # a checker bug must still not show the learner a traceback
+            return Result("incorrect", f"could not check: the checker failed ({type(exc).__name__}: {exc}). "
+                                       f"Tell your instructor.", self.label)
+
+    def _sandbox(self) -> Sandbox:
+        if self.notebook is None:
+            raise CouldNotCheck(f"{self.label} belongs to no notebook, so it has no sandbox.")
+        return Sandbox(self.notebook.name)
+
+
+class Notebook:
+    """The exercises of one notebook, as attributes: ``ex.q1``, ``ex.q2``..."""
+
+    def __init__(self, name: str, **exercises: Exercise) -> None:
+        self.name = name
+        self.exercises = exercises
+        for key, exercise in exercises.items():
+            exercise.notebook, exercise.name = self, key
+            setattr(self, key, exercise)
+        NOTEBOOKS[name] = self
+
+    def __repr__(self) -> str:
+        return f"<exercises of {self.name}: {', '.join(self.exercises)}>"
+
+    def solutions_path(self) -> Path:
+        return config.home() / "solutions" / f"{self.name}.ipynb"
+
+
+NOTEBOOKS: dict[str, Notebook] = {}
+
+
+def solution_code(path: Path, variable: str) -> str | None:
+    """The code between the solution markers that assigns ``variable`` in notebook ``path``."""
+    cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    block = re.compile(r"^[ \t]*### BEGIN SOLUTION[ \t]*\n(.*?)^[ \t]*### END SOLUTION", re.M | re.S)
+    assigns = re.compile(rf"^\s*{re.escape(variable)}\s*=", re.M)
+    for cell in cells:
+        source = "".join(cell.get("source", []))
+        for match in block.finditer(source):
+            if assigns.search(match.group(1)):
+                return match.group(1).rstrip()
+    return None
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(config.home()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 00_setup
+# ---------------------------------------------------------------------------------------
+
+
+class SandboxSessions(Exercise):
+    """From pg_stat_activity: pid and application_name of every session of this sandbox."""
+
+    answers = ("answer_sql",)
+    hints = (
+        "pg_stat_activity has one row per server process. Keep the rows whose application_name "
+        "starts with 'zdlab/zd_00_setup/', and return only the columns pid and application_name.",
+        "PostgreSQL has starts_with(text, prefix); LIKE 'prefix%' works too (mind that _ is a "
+        "wildcard in LIKE).",
+        "SELECT pid, application_name FROM pg_stat_activity WHERE starts_with(application_name, '...');",
+    )
+
+    def grade(self, box: Sandbox, answer_sql: str) -> str:
+        prefix = f"{config.APP_PREFIX}/{box.schema}/"
+        with box.connect("check", autocommit=False) as conn:
+            # One transaction: pg_stat_activity is snapshotted at its first read in a transaction,
+            # so the learner's query and ours see the same sessions. Rolled back: nothing persists.
+            conn.execute(f"SET LOCAL statement_timeout = '{LEARNER_TIMEOUT}'")
+            columns, rows = run_learner_sql(conn, answer_sql)
+            truth = conn.execute("SELECT pid, application_name FROM pg_stat_activity "
+                                 "WHERE starts_with(application_name, %s)", [prefix]).fetchall()
+            conn.rollback()
+        wanted = ["pid", "application_name"]
+        if sorted(columns) != sorted(wanted):
+            raise Incorrect(f"return exactly the columns pid and application_name; your query returns "
+                            f"{', '.join(columns) or 'no column'}.")
+        got = [tuple(row[columns.index(c)] for c in wanted) for row in rows]
+        extra = sorted(set(got) - set(truth), key=str)
+        missed = sorted(set(truth) - set(got), key=str)
+        if extra:
+            pid, app = extra[0]
+            raise Incorrect(f"your query returns {len(extra)} session(s) that are not this sandbox's, for "
+                            f"example pid {pid} with application_name {app!r}. Keep only the rows whose "
+                            f"application_name starts with {prefix!r}.")
+        if missed:
+            raise Incorrect(f"your query misses {len(missed)} of this sandbox's {len(truth)} session(s), for "
+                            f"example application_name {missed[0][1]!r}. Match every application_name that "
+                            f"starts with {prefix!r}.")
+        if len(got) != len(truth):
+            raise Incorrect("your query returns some sessions more than once; return one row per session.")
+        roles = ", ".join(sorted(app.removeprefix(prefix) for _, app in truth))
+        return (f"your query finds this sandbox's {len(truth)} session(s) ({roles}), including the one "
+                f"this checker opened to run it.")
+
+
+setup = Notebook("00_setup", q1=SandboxSessions())

@@ -1,0 +1,398 @@
+"""Simulated application traffic on the demo schema, plus a lock-wait sampler.
+
+    with traffic(sb, workers=4) as t:
+        t.run(conn, "CREATE INDEX ON orders (created_at)")
+    t.report()   # what the migration did to the application
+    t.plot()     # the same, as a timeline
+
+Each worker is an application server with one pooled connection: autocommit, psycopg
+defaults (statements are prepared on the server after 5 runs), short requests, no lock
+held between requests. A sampler polls pg_stat_activity every ~10 ms to see which app
+backends wait on a lock and who blocks them: client latency is noisy on a shared
+machine, lock waits reported by Postgres are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from . import config
+from .errors import ZdlabError
+from .sandbox import Sandbox
+from .seed import DEMO_TABLES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .report import Report
+
+KINDS = ("read_user", "update_user", "insert_order", "read_orders")
+THINK_S = 0.001  # per request: keeps 4 workers from spinning both cores away from the migration
+JOIN_TIMEOUT_S = 2.0  # then stuck workers get their query cancelled
+
+_SQL = {
+    "read_user": "SELECT id, email, name, created_at FROM users WHERE id = %s",
+    "read_user*": "SELECT * FROM users WHERE id = %s",
+    "update_user": "UPDATE users SET name = %s WHERE id = %s",
+    "insert_order": "INSERT INTO orders (id, user_id, amount_cents) VALUES (%s, %s, %s)",
+    "read_orders": ("SELECT id, user_id, amount_cents, status, created_at FROM orders "
+                    "WHERE user_id = %s ORDER BY created_at DESC LIMIT 5"),
+    "read_orders*": "SELECT * FROM orders WHERE user_id = %s ORDER BY created_at DESC LIMIT 5",
+}
+
+# Who is in the sandbox and waiting; pg_blocking_pids() only for lock waiters (it is not free).
+_SAMPLE_SQL = """
+SELECT pid, application_name, wait_event_type, wait_event,
+       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END, state, query, now()
+FROM pg_stat_activity
+WHERE left(application_name, length(%(prefix)s)) = %(prefix)s AND pid <> pg_backend_pid()
+"""
+
+# Run only when the set of waiters changes: names the blocker and the lock modes involved.
+_CHAIN_SQL = """
+SELECT w.pid, w.mode, coalesce(w.relation::regclass::text, w.locktype),
+       b.pid, b.application_name, b.state, b.query,
+       (SELECT string_agg(DISTINCT l.mode, '+') FROM pg_locks l
+         WHERE l.pid = b.pid AND l.locktype = w.locktype
+           AND l.relation IS NOT DISTINCT FROM w.relation
+           AND l.transactionid IS NOT DISTINCT FROM w.transactionid)
+FROM pg_locks w
+CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS bp(pid)
+JOIN pg_stat_activity b ON b.pid = bp.pid
+WHERE w.pid = ANY(%s) AND NOT w.granted
+"""
+
+
+@dataclass
+class Request:
+    start: float  # seconds since traffic start
+    latency_ms: float
+    kind: str
+    error: str | None = None
+
+
+@dataclass
+class Span:
+    """One migration statement (or any labelled step) on the traffic timeline."""
+
+    label: str
+    sql: str
+    start: float
+    end: float | None = None
+    error: str | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        return None if self.end is None else (self.end - self.start) * 1000
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since traffic start, taken when the poll was sent
+    waiting: dict[int, tuple[int, ...]] = field(default_factory=dict)  # app pid -> blocker pids
+
+
+@dataclass(frozen=True)
+class Block:
+    """One edge of the blocking chain: an app request kind waits for a session."""
+
+    waiter: str
+    blocker: str  # role (application_name without the sandbox prefix) or application_name
+    blocker_query: str
+    wanted_mode: str | None = None
+    blocker_mode: str | None = None
+    relation: str | None = None
+
+    def __str__(self) -> str:
+        mode = f" [{self.wanted_mode or '?'} vs {self.blocker_mode or '?'} on {self.relation}]" \
+            if self.wanted_mode else ""
+        return f"{self.waiter} -> {self.blocker}: {self.blocker_query}{mode}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Class (SQLSTATE): first line``: one key per kind of failure, for counting."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__} ({state}): {first}" if state else f"{type(exc).__name__}: {first}"
+
+
+def _short(sql: str, width: int = 60) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+class Traffic:
+    """Background application workload on a sandbox; use ``traffic()`` to make one."""
+
+    def __init__(self, sb: Sandbox, workers: int = 4, *, select_star: bool = False,
+                 sample: bool = True, sample_interval: float = 0.01) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.sb = sb
+        self.workers = workers
+        self.select_star = select_star
+        self.sample = sample
+        self.sample_interval = sample_interval
+        self.requests: list[Request] = []
+        self.spans: list[Span] = []
+        self.samples: list[Sample] = []
+        self.chain: Counter[Block] = Counter()  # edge -> samples in which it was seen
+        self.server_version: str | None = None
+        self.t0 = 0.0
+        self.ended: float | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._conns: list[psycopg.Connection | None] = []
+        self._kind_by_pid: dict[int, str] = {}  # what each app backend is doing, for the chain
+        self._filenodes_before: dict[str, tuple[int, int | None]] = {}  # table -> (oid, filenode)
+        self._tables_after: dict[str, str] | None = None
+        self._edges: dict[tuple[int, int], Block] = {}  # (waiter pid, blocker pid) -> resolved edge
+        self._max_user = 1
+        self._max_order = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Traffic:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Traffic:
+        with self.sb.connect("traffic") as conn:
+            self.server_version = conn.execute("SHOW server_version").fetchone()[0]
+            try:
+                self._max_user = conn.execute("SELECT coalesce(max(id), 1) FROM users").fetchone()[0]
+                self._max_order = conn.execute("SELECT coalesce(max(id), 0) FROM orders").fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                raise ZdlabError(f"Sandbox {self.sb.schema} has no demo tables (users, orders): run "
+                                 f"zdlab.seed(sb) before starting traffic.") from None
+            self._filenodes_before = self._filenodes(conn)
+        self._stop.clear()
+        self.t0 = time.monotonic()
+        self._conns = [None] * self.workers
+        self._threads = [threading.Thread(target=self._worker, args=(i,), daemon=True,
+                                          name=f"zdlab-app-{i}") for i in range(self.workers)]
+        if self.sample:
+            self._threads.append(threading.Thread(target=self._sampler, daemon=True, name="zdlab-sampler"))
+        for th in self._threads:
+            th.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop workers and sampler; bounded even when a worker is stuck behind a lock."""
+        if self.ended is not None or not self._threads:
+            return
+        self._stop.set()
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        for th in self._threads:
+            th.join(max(0.0, deadline - time.monotonic()))
+        for conn in self._conns:  # still waiting on a lock someone else holds: cancel the wait
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.cancel_safe(timeout=2)
+        for th in self._threads:
+            th.join(JOIN_TIMEOUT_S)
+        self.ended = time.monotonic() - self.t0
+        with contextlib.suppress(psycopg.Error, ZdlabError), self.sb.connect("traffic") as conn:
+            self._tables_after = self._table_states(conn)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and self.ended is None
+
+    def now(self) -> float:
+        """Seconds since traffic started, on the timeline every record uses."""
+        return time.monotonic() - self.t0
+
+    # -- the migration side ------------------------------------------------------------------
+
+    def run(self, conn: psycopg.Connection, sql: str, *, label: str | None = None,
+            raise_errors: bool = False) -> Span:
+        """Execute one migration statement on ``conn``, timed on the traffic timeline.
+
+        A database error is recorded on the span and, unless ``raise_errors``, not raised.
+        """
+        span = Span(label or _short(sql), sql, self.now())
+        self.spans.append(span)
+        try:
+            conn.execute(sql, prepare=False)
+        except psycopg.Error as exc:
+            span.error = describe_error(exc)
+            if raise_errors:
+                raise
+        finally:
+            span.end = self.now()
+        return span
+
+    @contextlib.contextmanager
+    def statement(self, label: str, sql: str = "") -> Iterator[Span]:
+        """Time any block as a labelled span; an exception is recorded and re-raised."""
+        span = Span(label, sql or label, self.now())
+        self.spans.append(span)
+        try:
+            yield span
+        except BaseException as exc:
+            span.error = describe_error(exc)
+            raise
+        finally:
+            span.end = self.now()
+
+    # -- results -----------------------------------------------------------------------------
+
+    def table_states(self) -> dict[str, str]:
+        """Each demo table: 'kept', 'rewritten' (new relfilenode) or 'dropped'."""
+        if self._tables_after is not None:
+            return dict(self._tables_after)
+        with self.sb.connect("traffic") as conn:
+            return self._table_states(conn)
+
+    def report(self, *, threshold_ms: float | None = None, verdict: str | None = None,
+               rows: int | None = None) -> Report:
+        from .report import build_report
+
+        return build_report(self, threshold_ms=threshold_ms, verdict=verdict, rows=rows)
+
+    def plot(self, **kwargs: object) -> Figure:
+        return self.report(**kwargs).plot()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _filenodes(self, conn: psycopg.Connection) -> dict[str, tuple[int, int | None]]:
+        out = {}
+        for table in DEMO_TABLES:
+            row = conn.execute("SELECT oid, pg_relation_filenode(oid) FROM pg_class "
+                               "WHERE oid = to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                               [self.sb.schema, table]).fetchone()
+            if row:
+                out[table] = (row[0], row[1])
+        return out
+
+    def _table_states(self, conn: psycopg.Connection) -> dict[str, str]:
+        # By oid, not by name: a table swapped in under the old name is a new table.
+        states = {}
+        for table, (oid, before) in self._filenodes_before.items():
+            after = conn.execute("SELECT pg_relation_filenode(oid) FROM pg_class WHERE oid = %s",
+                                 [oid]).fetchone()
+            if after is None:
+                states[table] = "dropped"
+            else:
+                states[table] = "kept" if after[0] == before else "rewritten"
+        return states
+
+    def _worker(self, index: int) -> None:
+        rng = random.Random()
+        star = "*" if self.select_star else ""
+        next_order = self._max_order + 1 + index  # disjoint id ranges: no shared counter, no lock
+        conn: psycopg.Connection | None = None
+        i = index  # workers start on different kinds
+        try:
+            while not self._stop.is_set():
+                if conn is None or conn.closed:
+                    conn = self._reconnect(index)
+                    if conn is None:
+                        return
+                kind = KINDS[i % len(KINDS)]
+                i += 1
+                user = rng.randint(1, self._max_user)
+                self._kind_by_pid[conn.info.backend_pid] = kind
+                start = time.monotonic()
+                error = None
+                try:
+                    if kind == "read_user":
+                        conn.execute(_SQL["read_user" + star], [user]).fetchall()
+                    elif kind == "update_user":
+                        conn.execute(_SQL["update_user"], [f"User {user} v{rng.randint(1, 999)}", user])
+                    elif kind == "insert_order":
+                        conn.execute(_SQL["insert_order"], [next_order, user, rng.randint(100, 99_999)])
+                        next_order += self.workers
+                    else:
+                        conn.execute(_SQL["read_orders" + star], [user]).fetchall()
+                except psycopg.Error as exc:
+                    if self._stop.is_set() and isinstance(exc, psycopg.errors.QueryCanceled):
+                        break  # our own cancel at stop(), not something the app saw
+                    error = describe_error(exc)
+                    # Keep the connection, like a pool does, unless it is really gone.
+                    if conn.broken:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                end = time.monotonic()
+                self.requests.append(Request(start - self.t0, (end - start) * 1000, kind, error))
+                self._stop.wait(THINK_S)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _reconnect(self, index: int) -> psycopg.Connection | None:
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                conn = self.sb.connect("app")
+                self._conns[index] = conn
+                return conn
+            except (ZdlabError, psycopg.Error):
+                self._stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+        return None
+
+    def _sampler(self) -> None:
+        prefix = f"{config.APP_PREFIX}/{self.sb.schema}/"
+        app = self.sb.app_name("app")
+        try:
+            conn = self.sb.connect("sampler")
+        except ZdlabError:
+            return
+        previous: dict[int, tuple[int, ...]] = {}
+        try:
+            while not self._stop.is_set():
+                t = self.now()
+                try:
+                    rows = conn.execute(_SAMPLE_SQL, {"prefix": prefix}).fetchall()
+                except psycopg.Error:
+                    if conn.broken:
+                        return
+                    continue
+                waiting = {pid: tuple(blockers or ()) for pid, name, wtype, _w, blockers, *_ in rows
+                           if name == app and wtype == "Lock"}
+                self.samples.append(Sample(t, waiting))
+                if waiting and waiting != previous:
+                    self._resolve_chain(conn, prefix, list(waiting))
+                for block in self._last_blocks(waiting):
+                    self.chain[block] += 1
+                previous = waiting
+                self._stop.wait(max(0.0, self.sample_interval - (self.now() - t)))
+        finally:
+            conn.close()
+
+    def _resolve_chain(self, conn: psycopg.Connection, prefix: str, pids: list[int]) -> None:
+        try:
+            rows = conn.execute(_CHAIN_SQL, [pids]).fetchall()
+        except psycopg.Error:
+            return
+        for wpid, wmode, rel, bpid, bname, bstate, bquery, bmode in rows:
+            role = bname.removeprefix(prefix) if bname.startswith(prefix) else (bname or "?")
+            query = _short(bquery or "", 50)
+            if bstate and bstate.startswith("idle in transaction"):
+                query = f"(idle in transaction; last: {query})"
+            self._edges[(wpid, bpid)] = Block(self._kind_by_pid.get(wpid, "app"), role, query,
+                                              wmode, bmode, rel)
+
+    def _last_blocks(self, waiting: dict[int, tuple[int, ...]]) -> list[Block]:
+        return [self._edges[(w, b)] for w, bs in waiting.items() for b in bs if (w, b) in self._edges]
+
+
+def traffic(sb: Sandbox, workers: int = 4, *, select_star: bool = False, sample: bool = True,
+            sample_interval: float = 0.01) -> Traffic:
+    """Application traffic on ``sb``'s demo tables while the ``with`` block runs."""
+    return Traffic(sb, workers, select_star=select_star, sample=sample, sample_interval=sample_interval)
