@@ -86,7 +86,14 @@ class Report:
         stall = "not sampled" if self.longest_stall_ms is None else f"{self.longest_stall_ms:,.0f} ms"
         threshold = f" (threshold {self.threshold_ms:,.0f} ms)" if self.threshold_ms is not None else ""
         verdict = f"{self.verdict.upper()}: " if self.verdict else ""
-        return f"{verdict}longest stall {stall}{threshold}"
+        # Lock-safe is not app-safe (e.g. prepared SELECT * after ADD COLUMN): say so up front.
+        failed = f", but {self.failed_requests:,} app requests failed" if self.failed_requests else ""
+        return f"{verdict}longest stall {stall}{threshold}{failed}"
+
+    def _color(self) -> str:
+        if self.verdict == "safe" and self.failed_requests:
+            return VERDICT_COLORS["failed"]
+        return VERDICT_COLORS.get(self.verdict or "", "black")
 
     def _lines(self) -> list[tuple[str, str]]:
         """(label, value) pairs shared by the text and HTML forms."""
@@ -121,12 +128,12 @@ class Report:
         return "\n".join(f"{label:<10} {value}" for label, value in self._lines())
 
     def _repr_html_(self) -> str:
-        color = VERDICT_COLORS.get(self.verdict or "", "inherit")
+        color = self._color()
         cells = []
         for i, (label, value) in enumerate(self._lines()):
-            style = f' style="color:{color};font-weight:bold"' if i == 0 else ""
+            style = f"text-align:left;color:{color};font-weight:bold" if i == 0 else "text-align:left"
             cells.append(f'<tr><th style="text-align:left;padding-right:1em">{html.escape(label.strip())}</th>'
-                         f'<td style="text-align:left"{style}>{html.escape(value)}</td></tr>')
+                         f'<td style="{style}">{html.escape(value.strip())}</td></tr>')
         return '<table class="zdlab-report">' + "".join(cells) + "</table>"
 
     def plot(self) -> Figure:
@@ -219,17 +226,24 @@ def plot(report: Report) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax = fig.add_subplot()
     kinds = sorted({r.kind for r in tl.requests})
-    palette = ["#4c72b0", "#55a868", "#8172b2", "#64b5cd", "#937860"]
+    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f"]  # none orange/red: those mean trouble
     for i, kind in enumerate(kinds):
         ok = [r for r in tl.requests if r.kind == kind and not r.error]
-        ax.scatter([r.start for r in ok], [r.latency_ms for r in ok], s=5, alpha=0.5,
+        ax.scatter([r.start for r in ok], [r.latency_ms for r in ok], s=7, alpha=0.55,
                    color=palette[i % len(palette)], label=kind.replace("_", " "), linewidths=0)
     failed = [r for r in tl.requests if r.error]
     if failed:
         ax.scatter([r.start for r in failed], [r.latency_ms for r in failed], marker="x", s=18,
                    color="#cf222e", label=f"failed ({len(failed)})", linewidths=1)
     ax.set_yscale("log")
+    if tl.requests:
+        # Leave the top quarter free (log scale) for the statement labels, so they hide no point.
+        lo = min(r.latency_ms for r in tl.requests) * 0.5  # room for the lock band
+        hi = max(r.latency_ms for r in tl.requests) * 1.5
+        ax.set_ylim(lo, lo * (hi / lo) ** (1 / 0.72))
+    xmax = max(tl.duration_s, 0.1)
     both = blended_transform_factory(ax.transData, ax.transAxes)  # x in seconds, y in axes fraction
+    rows: list[list[tuple[float, float]]] = [[] for _ in range(4)]  # label extents per text row
     for i, s in enumerate(tl.spans):
         end = s.end if s.end is not None else tl.duration_s
         color = "#cf222e" if s.error else "#f0a030"
@@ -237,19 +251,33 @@ def plot(report: Report) -> Figure:
                    label=("migration statement" if i == 0 else None))
         ax.axvline(s.start, color=color, linewidth=0.8, alpha=0.8)  # an instant statement stays visible
         label = s.label if len(s.label) <= 40 else s.label[:39] + "…"
-        ax.text(s.start, 0.97 - 0.08 * (i % 4), (" ✗ " if s.error else " ") + label, transform=both,
-                fontsize=8, va="top", ha="left", color="#5a3a00" if not s.error else "#cf222e", clip_on=True)
+        text = ("✗ " if s.error else "") + label
+        right = s.start > 0.6 * xmax  # late statements: label to the left of the line, not off the plot
+        ax.text(s.start, 0.97 - 0.06 * _label_row(rows, s.start / xmax, len(text) + 1, right),
+                f"{text} " if right else f" {text}", transform=both,
+                fontsize=8, va="top", ha="right" if right else "left",
+                color="#5a3a00" if not s.error else "#cf222e", clip_on=True)
     for i, (start, end) in enumerate(tl.stalls):
         ax.axvspan(start, end, ymin=0, ymax=0.04, color="#cf222e", alpha=0.9, linewidth=0,
                    label=("app waiting on a lock" if i == 0 else None))
-    ax.set_xlim(0, max(tl.duration_s, 0.1))
+    ax.set_xlim(0, xmax)
     ax.set_xlabel("seconds since traffic started")
     ax.set_ylabel("request latency (ms, log scale)")
-    title = report._headline()
-    if report.failed_requests:
-        title += f", {report.failed_requests} failed requests"
-    ax.set_title(title, fontsize=11, color=VERDICT_COLORS.get(report.verdict or "", "black"), loc="left")
+    ax.set_title(report._headline(), fontsize=11, color=report._color(), loc="left")
     ax.grid(True, which="major", axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=2, frameon=False)
     return fig
+
+
+def _label_row(rows: list[list[tuple[float, float]]], x: float, chars: int, right: bool) -> int:
+    """The first text row where this label (approximate width, axes fraction) overlaps none."""
+    width = chars * 0.0095  # an 8 pt character on the ~7.5 in wide axes of a (10, 4) figure
+    extent = (x - width, x) if right else (x, x + width)
+    for i, used in enumerate(rows):
+        if all(extent[1] <= a or extent[0] >= b for a, b in used):
+            used.append(extent)
+            return i
+    i = min(range(len(rows)), key=lambda k: len(rows[k]))  # all taken: the least crowded row
+    rows[i].append(extent)
+    return i

