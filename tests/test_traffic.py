@@ -164,3 +164,41 @@ def test_report_renders_as_text_html_dict_and_plot(seeded, tmp_path):
     out = tmp_path / "timeline.png"
     fig.savefig(out, dpi=100)
     assert out.stat().st_size > 10_000
+
+
+def test_custom_app_versions_and_a_rolling_deploy(make_sandbox):
+    """Two application versions side by side; deploy() moves workers to the new one."""
+    from zdlab.traffic import AppVersion, traffic
+
+    box = make_sandbox("apps")
+    seed(box, rows=2000, progress=False)
+
+    def read_name(conn, ctx):
+        conn.execute("SELECT name FROM users WHERE id = %s", [ctx.user_id]).fetchone()
+
+    def read_nickname(conn, ctx):  # the new code expects a column the migration has not added yet
+        conn.execute("SELECT nickname FROM users WHERE id = %s", [ctx.user_id]).fetchone()
+
+    def insert_order(conn, ctx):
+        conn.execute("INSERT INTO orders (id, user_id, amount_cents) VALUES (%s, %s, 1)",
+                     [ctx.next_order_id(), ctx.user_id])
+
+    v1 = AppVersion("v1", {"read": read_name, "insert": insert_order})
+    v2 = AppVersion("v2", {"read": read_nickname, "insert": insert_order})
+    with traffic(box, workers=2, apps=[v1, v2]) as t:
+        assert t.versions() == ["v1", "v2"]
+        assert t.wait_for_requests(40)
+        t.deploy(v1)
+        assert t.versions() == ["v1", "v1"]
+        switched = t.now()
+        n = len(t.requests)
+        assert t.wait_for_requests(n + 40)
+    by_app = {a: [r for r in t.requests if r.app == a] for a in ("v1", "v2")}
+    assert by_app["v1"] and not any(r.error for r in by_app["v1"])
+    v2_reads = [r for r in by_app["v2"] if r.kind == "read"]
+    assert v2_reads and all("nickname" in r.error for r in v2_reads)
+    # Once deployed, no worker serves v2 any more (allow the one request in flight at the switch).
+    assert sum(r.app == "v2" and r.start > switched for r in t.requests) <= 1
+    with box.connect() as conn:  # the inserts of both versions landed, with distinct ids
+        inserted = sum(r.kind == "insert" and r.error is None for r in t.requests)
+        assert conn.execute("SELECT count(*) FROM orders WHERE id > 2000").fetchone()[0] == inserted

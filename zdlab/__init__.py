@@ -1,9 +1,14 @@
 """Zero-Downtime Lab helpers: the few functions the notebooks call.
 
     import zdlab
-    sb = zdlab.sandbox("01_risks")   # a fresh schema of this notebook's own
-    zdlab.seed(sb, rows=100_000)     # users + orders
-    conn = sb.connect()              # psycopg 3, search_path = the sandbox
+    sb = zdlab.sandbox("01_risks")          # a fresh schema of this notebook's own
+    zdlab.seed(sb, rows=100_000)            # users + orders
+    conn = sb.connect()                     # psycopg 3, search_path = the sandbox
+    with zdlab.traffic(sb) as t:            # simulated application traffic
+        t.run(conn, "CREATE INDEX ...")     # a migration statement, timed on its timeline
+    t.report(); t.plot()                    # what it did to the application
+    zdlab.measure(sql, rows=1_000_000)      # all of the above in one call, with a verdict
+    zdlab.locks_taken(sb, sql)              # the table locks each statement takes
 """
 
 import os as _os
@@ -15,5 +20,22 @@ from .db import connect, database_url  # noqa: E402
 from .errors import ZdlabError  # noqa: E402
 from .sandbox import Sandbox, sandbox  # noqa: E402
 from .seed import DEMO_TABLES, seed  # noqa: E402
+from .traffic import AppVersion, traffic  # noqa: E402
 
-__all__ = ["connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES", "ZdlabError"]
+
+def measure(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """See ``zdlab.measure.measure``."""
+    from .measure import measure as _measure
+
+    return _measure(*args, **kwargs)
+
+
+def locks_taken(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """See ``zdlab.locks.locks_taken``."""
+    from .locks import locks_taken as _locks_taken
+
+    return _locks_taken(*args, **kwargs)
+
+
+__all__ = ["connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES", "ZdlabError",
+           "traffic", "AppVersion", "measure", "locks_taken"]

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -78,6 +78,36 @@ class Request:
     latency_ms: float
     kind: str
     error: str | None = None
+    app: str = "app"  # which application version served it (rolling deploys)
+
+
+@dataclass
+class RequestContext:
+    """What a custom request function gets besides its connection."""
+
+    rng: random.Random
+    user_id: int  # a random existing user
+    worker: int
+    _next_order: Callable[[], int]
+
+    def next_order_id(self) -> int:
+        """An order id no other worker will use (disjoint ranges, no shared counter)."""
+        return self._next_order()
+
+
+RequestFn = Callable[[psycopg.Connection, RequestContext], object]
+
+
+@dataclass
+class AppVersion:
+    """One version of the application: its request kinds, each a function of (conn, ctx).
+
+    Workers cycle through the kinds in order. Used to run old and new code side by side,
+    like the pods of two versions during a rolling deploy (``Traffic.deploy``).
+    """
+
+    name: str
+    requests: dict[str, RequestFn]
 
 
 @dataclass
@@ -135,10 +165,17 @@ class Traffic:
     """Background application workload on a sandbox; use ``traffic()`` to make one."""
 
     def __init__(self, sb: Sandbox, workers: int = 4, *, select_star: bool = False,
-                 sample: bool = True, sample_interval: float = 0.01) -> None:
+                 sample: bool = True, sample_interval: float = 0.01,
+                 apps: list[AppVersion] | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if apps is not None and (not apps or any(not a.requests for a in apps)):
+            raise ValueError("apps must be a non-empty list of versions, each with request kinds")
         self.sb = sb
+        # None: the built-in workload. Otherwise worker i runs apps[i % len(apps)] until deploy().
+        self._assigned: list[AppVersion | None] = [
+            None if apps is None else apps[i % len(apps)] for i in range(workers)]
+        self._redeploy = [False] * workers
         self.workers = workers
         self.select_star = select_star
         self.sample = sample
@@ -210,6 +247,21 @@ class Traffic:
     @property
     def running(self) -> bool:
         return bool(self._threads) and self.ended is None
+
+    def deploy(self, app: AppVersion, pods: int | None = None) -> None:
+        """Roll ``app`` out to the first ``pods`` workers (all by default).
+
+        A redeployed worker is a new process: it opens a new connection (so it has no
+        prepared statements yet) before its next request.
+        """
+        count = self.workers if pods is None else max(0, min(pods, self.workers))
+        for i in range(count):
+            self._assigned[i] = app
+            self._redeploy[i] = True
+
+    def versions(self) -> list[str]:
+        """Which version each worker runs now."""
+        return ["app" if a is None else a.name for a in self._assigned]
 
     def wait_for_requests(self, n: int, timeout: float = 10.0) -> bool:
         """Wait (bounded) until ``n`` requests have completed; False on timeout."""
@@ -302,29 +354,36 @@ class Traffic:
     def _worker(self, index: int) -> None:
         rng = random.Random()
         star = "*" if self.select_star else ""
-        next_order = self._max_order + 1 + index  # disjoint id ranges: no shared counter, no lock
+        order_ids = iter(range(self._max_order + 1 + index, 2**62, self.workers))  # disjoint per worker
         conn: psycopg.Connection | None = None
         i = index  # workers start on different kinds
         try:
             while not self._stop.is_set():
+                if self._redeploy[index] and conn is not None:
+                    self._redeploy[index] = False
+                    with contextlib.suppress(Exception):
+                        conn.close()
                 if conn is None or conn.closed:
                     conn = self._reconnect(index)
                     if conn is None:
                         return
-                kind = KINDS[i % len(KINDS)]
+                app = self._assigned[index]
+                kinds = KINDS if app is None else tuple(app.requests)
+                kind = kinds[i % len(kinds)]
                 i += 1
                 user = rng.randint(1, self._max_user)
-                self._kind_by_pid[conn.info.backend_pid] = kind
+                self._kind_by_pid[conn.info.backend_pid] = kind if app is None else f"{app.name}.{kind}"
                 start = time.monotonic()
                 error = None
                 try:
-                    if kind == "read_user":
+                    if app is not None:
+                        app.requests[kind](conn, RequestContext(rng, user, index, lambda: next(order_ids)))
+                    elif kind == "read_user":
                         conn.execute(_SQL["read_user" + star], [user]).fetchall()
                     elif kind == "update_user":
                         conn.execute(_SQL["update_user"], [f"User {user} v{rng.randint(1, 999)}", user])
                     elif kind == "insert_order":
-                        conn.execute(_SQL["insert_order"], [next_order, user, rng.randint(100, 99_999)])
-                        next_order += self.workers
+                        conn.execute(_SQL["insert_order"], [next(order_ids), user, rng.randint(100, 99_999)])
                     else:
                         conn.execute(_SQL["read_orders" + star], [user]).fetchall()
                 except psycopg.Error as exc:
@@ -335,8 +394,12 @@ class Traffic:
                     if conn.broken:
                         with contextlib.suppress(Exception):
                             conn.close()
+                    elif conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        with contextlib.suppress(Exception):
+                            conn.rollback()  # a custom request that failed inside a transaction
                 end = time.monotonic()
-                self.requests.append(Request(start - self.t0, (end - start) * 1000, kind, error))
+                self.requests.append(Request(start - self.t0, (end - start) * 1000, kind, error,
+                                             "app" if app is None else app.name))
                 self._stop.wait(THINK_S)
         finally:
             if conn is not None:
@@ -402,6 +465,11 @@ class Traffic:
 
 
 def traffic(sb: Sandbox, workers: int = 4, *, select_star: bool = False, sample: bool = True,
-            sample_interval: float = 0.01) -> Traffic:
-    """Application traffic on ``sb``'s demo tables while the ``with`` block runs."""
-    return Traffic(sb, workers, select_star=select_star, sample=sample, sample_interval=sample_interval)
+            sample_interval: float = 0.01, apps: list[AppVersion] | None = None) -> Traffic:
+    """Application traffic on ``sb``'s demo tables while the ``with`` block runs.
+
+    ``apps``: run these application versions instead of the built-in workload, worker i
+    on ``apps[i % len(apps)]`` (see ``AppVersion`` and ``Traffic.deploy``).
+    """
+    return Traffic(sb, workers, select_star=select_star, sample=sample, sample_interval=sample_interval,
+                   apps=apps)

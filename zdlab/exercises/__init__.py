@@ -1,0 +1,1 @@
+"""One module per notebook with that notebook's exercises (``nbNN.py``); see zdlab/checks.py."""
