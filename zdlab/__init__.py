@@ -18,24 +18,11 @@ _os.environ.setdefault("PLOOMBER_STATS_ENABLED", "false")
 
 from .db import connect, database_url  # noqa: E402
 from .errors import ZdlabError  # noqa: E402
+from .locks import locks_taken  # noqa: E402
+from .measure import measure  # noqa: E402
 from .sandbox import Sandbox, sandbox  # noqa: E402
 from .seed import DEMO_TABLES, seed  # noqa: E402
 from .traffic import AppVersion, traffic  # noqa: E402
-
-
-def measure(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See ``zdlab.measure.measure``."""
-    from .measure import measure as _measure
-
-    return _measure(*args, **kwargs)
-
-
-def locks_taken(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See ``zdlab.locks.locks_taken``."""
-    from .locks import locks_taken as _locks_taken
-
-    return _locks_taken(*args, **kwargs)
-
 
 __all__ = ["connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES", "ZdlabError",
            "traffic", "AppVersion", "measure", "locks_taken"]

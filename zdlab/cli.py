@@ -7,8 +7,10 @@ import os
 import shutil
 import sys
 
+import psycopg
+
 from . import config, db, server
-from .errors import ZdlabError
+from .errors import BadInput, ZdlabError
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -76,6 +78,67 @@ def _reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The migration file's SQL and the optional setup file's, or BadInput (exit 2)."""
+    from . import statements
+
+    sql = statements.read_file(args.file)
+    setup = statements.read_file(args.setup) if args.setup else None
+    return sql, setup
+
+
+def _scratch_sandbox(kind: str) -> str:
+    # A name of its own per run: two teams' runs on one server must not reset each other.
+    return f"{kind}_{os.getpid()}"
+
+
+def _measure(args: argparse.Namespace) -> int:
+    import json
+
+    from .measure import measure
+
+    if args.rows < 1:
+        raise BadInput("--rows must be at least 1.")
+    sql, setup = _inputs(args)
+    report = measure(sql, rows=args.rows, threshold_ms=args.threshold_ms, setup_sql=setup,
+                     workers=args.workers, sandbox_name=_scratch_sandbox("measure"), progress=False)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(report)
+    return 0
+
+
+def _locks(args: argparse.Namespace) -> int:
+    import json
+
+    from .locks import locks_taken
+    from .measure import run_setup
+    from .sandbox import Sandbox
+    from .seed import seed
+
+    sql, setup = _inputs(args)
+    with Sandbox(_scratch_sandbox("locks")).reset() as box:
+        seed(box, rows=args.rows, progress=False)
+        if setup:
+            run_setup(box, setup)
+        results = locks_taken(box, sql)
+    if args.json:
+        print(json.dumps([{"sql": r.sql, "locks": r.locks, "error": r.error} for r in results], indent=2))
+        return 0
+    for r in results:
+        print(" ".join(r.sql.split())[:100])
+        if r.error:
+            print(f"    error: {r.error}")
+        elif r.status != "ok":
+            print(f"    ({r.status}{': ' + r.note if r.note else ''})")
+        for lock in r.locks:
+            print(f"    {lock['mode']:<26} on {lock['relation']}")
+        if r.status == "ok" and not r.locks and not r.error:
+            print("    no table lock")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from . import doctor
 
@@ -98,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("extra", nargs=argparse.REMAINDER, help="more JupyterLab options")
     p.set_defaults(func=_lab)
 
+    p = sub.add_parser("measure", help="run a migration file against live traffic and report its impact")
+    p.add_argument("file", help="the migration (.sql)")
+    p.add_argument("--rows", type=int, default=100_000, help="users (and orders) to seed (default 100000)")
+    p.add_argument("--threshold-ms", type=float, default=200.0,
+                   help="longest stall above which the verdict is 'blocking' (default 200)")
+    p.add_argument("--workers", type=int, default=4, help="application workers (default 4)")
+    p.add_argument("--setup", help="SQL run first, to create a team's own tables")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_measure)
+
+    p = sub.add_parser("locks", help="the table locks each statement of a migration file takes")
+    p.add_argument("file", help="the migration (.sql)")
+    p.add_argument("--rows", type=int, default=1000, help="users (and orders) to seed (default 1000)")
+    p.add_argument("--setup", help="SQL run first, to create a team's own tables")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=_locks)
+
     p = sub.add_parser("doctor", help="check the environment, with a fix for each problem")
     p.set_defaults(func=_doctor)
 
@@ -117,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except psycopg.Error as exc:  # not a learner mistake we know: say so plainly, still no traceback
+        print(f"zdlab: PostgreSQL reported an error we did not expect: {str(exc).strip()}. "
+              f"Run the command again; if it repeats, `zdlab doctor` checks the setup.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
