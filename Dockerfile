@@ -20,7 +20,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # uid 1000 `jovyan`, work in /home/jovyan/work: the layout of Jupyter's docker-stacks images.
-RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash jovyan
+# The work folder is created here, owned by jovyan: WORKDIR would create it owned by root, and
+# the kit writes there (.zdlab, the embedded server's data, when DATABASE_URL is unset).
+RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash jovyan \
+    && install -d -o jovyan -g jovyan /home/jovyan/work
 
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt

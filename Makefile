@@ -35,7 +35,9 @@ notebooks: setup
 	$(PY) tools/make_notebooks.py
 
 lint: setup
-	$(VENV)/bin/ruff check zdlab tests tools
+	$(VENV)/bin/ruff check zdlab tests tools conftest.py
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 bench: db
 	$(PY) -m zdlab.bench

@@ -85,4 +85,4 @@ export JUPYTER_TOKEN
 say "JupyterLab token $token_note"
 say "open http://127.0.0.1:${ZDLAB_LAB_PORT:-$port}/lab?token=$token_shown"
 
-unset JUPYTER_TOKEN; exec "$py" -m zdlab lab --ip "$ip" --port "$port" "$@"
+exec "$py" -m zdlab lab --ip "$ip" --port "$port" "$@"

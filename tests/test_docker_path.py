@@ -365,8 +365,9 @@ def lab(pg15_url) -> Iterator[dict]:
     try:
         with _entrypoint(env, log) as proc:
             base = f"http://127.0.0.1:{port}"
-            _wait_for(lambda: _get(f"{base}/api/status", token)[0] == 200, 120, "JupyterLab to answer",
-                      _exited(proc, log))
+            # Wait until it answers at all, then demand 200: a wrong token fails at once, not on timeout.
+            _wait_for(lambda: _get(f"{base}/api/status", token)[0], 120, "JupyterLab to answer", _exited(proc, log))
+            assert _get(f"{base}/api/status", token)[0] == 200, log.read_text()
             yield {"base": base, "token": token, "env": env, "log": log, "proc": proc}
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -473,8 +474,8 @@ def test_entrypoint_generates_and_prints_a_token_when_none_is_given(pg15_url, tm
 
             token = _wait_for(printed, 60, "the entrypoint to print a token", _exited(proc, log))
             base = f"http://127.0.0.1:{port}"
-            _wait_for(lambda: _get(f"{base}/api/status", token)[0] == 200, 120, "JupyterLab to accept that token",
-                      _exited(proc, log))
+            _wait_for(lambda: _get(f"{base}/api/status", token)[0], 120, "JupyterLab to answer", _exited(proc, log))
+            assert _get(f"{base}/api/status", token)[0] == 200, "the printed token is not the one JupyterLab uses"
             assert _get(f"{base}/api/status")[0] == 403
     finally:
         shutil.rmtree(home, ignore_errors=True)

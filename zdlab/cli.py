@@ -53,7 +53,11 @@ def _lab(args: argparse.Namespace) -> int:
         cmd.append("--no-browser")
     if os.geteuid() == 0:
         cmd.append("--allow-root")  # CI and containers often run as root; the token still applies
-    print(f"JupyterLab on http://{args.ip}:{args.port} (the token is in the URL printed below)", flush=True)
+    if os.environ.get("JUPYTER_TOKEN"):
+        print("JupyterLab starts with the token from JUPYTER_TOKEN.", flush=True)
+    else:
+        print(f"JupyterLab on http://{args.ip}:{args.port}: open the URL with ?token=... printed below.",
+              flush=True)
     os.execv(sys.executable, cmd)
     return 0  # not reached
 
@@ -158,8 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8888)
     p.add_argument("--notebook-dir")
     p.add_argument("--browser", action="store_true", help="open a browser")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="more JupyterLab options")
-    p.set_defaults(func=_lab)
+    p.set_defaults(func=_lab, extra=[])  # unknown options go to JupyterLab (see main)
 
     p = sub.add_parser("measure", help="run a migration file against live traffic and report its impact")
     p.add_argument("file", help="the migration (.sql)")
@@ -189,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.extra = [a for a in unknown if a != "--"]  # e.g. --ServerApp.base_url=/x
     try:
         return args.func(args)
     except ZdlabError as exc:
