@@ -60,6 +60,8 @@ FACTS = [
      "EXECUTE FUNCTION suppress_redundant_updates_trigger()", "orders", "ShareRowExclusiveLock"),
     ("COMMENT ON TABLE orders IS 'x'", "orders", "ShareUpdateExclusiveLock"),
     ("ANALYZE orders", "orders", "ShareUpdateExclusiveLock"),
+    ("VACUUM orders", "orders", "ShareUpdateExclusiveLock"),
+    ("VACUUM FULL orders", "orders", "AccessExclusiveLock"),
     ("TRUNCATE orders", "orders", "AccessExclusiveLock"),
     ("CLUSTER orders USING orders_pkey", "orders", "AccessExclusiveLock"),
     ("SELECT count(*) FROM users", "users", "AccessShareLock"),
@@ -99,6 +101,15 @@ def test_drop_index_concurrently_is_undone(sb):
     res = one(sb, "DROP INDEX CONCURRENTLY orders_user_id_idx")
     assert res.strongest("orders") == "ShareUpdateExclusiveLock"
     assert state(sb) == before  # re-created
+
+
+def test_failed_concurrent_build_leaves_no_invalid_index(sb):
+    """A failed CONCURRENTLY build commits an INVALID index: locks_taken must drop it again."""
+    before = state(sb)
+    [res] = locks_taken(sb, "CREATE UNIQUE INDEX CONCURRENTLY orders_status_uq ON orders (status)")
+    assert res.status == "error"
+    assert "could not create unique index" in res.error
+    assert state(sb) == before
 
 
 def test_validate_constraint_takes_share_update_exclusive(sb):
@@ -157,8 +168,9 @@ def test_transaction_control_is_skipped(sb):
 
 
 def test_server_wide_statements_are_not_run(sb):
-    results = locks_taken(sb, "VACUUM; ALTER SYSTEM SET work_mem = '77MB'; CREATE DATABASE zdlab_never;")
-    assert [r.status for r in results] == ["skipped"] * 3
+    results = locks_taken(sb, "VACUUM; ALTER SYSTEM SET work_mem = '77MB'; CREATE DATABASE zdlab_never; "
+                              "PREPARE TRANSACTION 'zdlab_never';")
+    assert [r.status for r in results] == ["skipped"] * 4
     with sb.connect("check") as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'zdlab_never'").fetchone()
 

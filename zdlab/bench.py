@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import platform
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 import psycopg
 
 from . import config, db, server
+from .errors import ZdlabError
 from .sandbox import Sandbox
 from .seed import seed
 
@@ -66,7 +68,7 @@ def _pg_bin(name: str) -> str:
         path = server.bin_dir() / name
         if path.exists():
             return str(path)
-    except Exception:  # noqa: BLE001 - no wheel: fall back to PATH
+    except ZdlabError:  # no embedded wheel (a DATABASE_URL machine): fall back to PATH
         pass
     found = shutil.which(name)
     if not found:
@@ -157,6 +159,29 @@ def bench_traffic(box: Sandbox) -> list[tuple[float, float]] | None:
             rate[sample] = (n1 - n0) / (t1 - t0)
         pairs.append((rate[False], rate[True]))
     return pairs
+
+
+def bench_sampler_poll(box: Sandbox, polls: int = 300) -> float | None:
+    """Median milliseconds of one sampler poll (its own query), under traffic without the sampler.
+
+    Steadier than the request-rate difference on a shared machine: the CPU the poll costs.
+    """
+    try:
+        # the module: the package re-exports a function of the same name
+        traffic_module = importlib.import_module(f"{__package__}.traffic")
+        query = traffic_module._SAMPLE_SQL
+    except (ImportError, AttributeError):
+        return None
+    prefix = f"{config.APP_PREFIX}/{box.schema}/"
+    times = []
+    with traffic_module.traffic(box, workers=4, sample=False), box.connect("sampler") as conn:
+        time.sleep(0.5)
+        for _ in range(polls):
+            start = time.perf_counter()
+            conn.execute(query, {"prefix": prefix}).fetchall()
+            times.append((time.perf_counter() - start) * 1000)
+            time.sleep(0.005)
+    return sorted(times)[len(times) // 2]
 
 
 # -- (c) embedded server cold start ------------------------------------------------------------
@@ -310,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"alternated with the runs without)")
             print(f"  sampler cost: {(off - on) / off * 100:.1f}% of the request rate "
                   f"(per round: {', '.join(f'{c:.1f}' for c in costs)} %)")
+            poll_ms = bench_sampler_poll(box)
+            if poll_ms is not None:
+                from .traffic import traffic as make_traffic  # its default poll period, not a copy
+
+                interval = inspect.signature(make_traffic).parameters["sample_interval"].default
+                print(f"  one sampler poll: {poll_ms:.2f} ms median round trip; every {interval * 1000:.0f} ms that "
+                      f"is at most {poll_ms / (interval * 1000) * 100:.1f}% of one core (client + server)")
     finally:
         if box is not None:
             box.drop()

@@ -44,6 +44,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import psycopg
+import psycopg.sql
 
 from .sandbox import Sandbox
 from .statements import is_begin, is_end, split
@@ -59,7 +60,7 @@ _OBSERVE = re.compile(
     r"|VACUUM\b)", re.I | re.S)
 # Cannot run in a transaction and reach beyond the sandbox: never run.
 _REFUSE = re.compile(
-    r"^(ALTER\s+SYSTEM\b|(CREATE|DROP)\s+(DATABASE|TABLESPACE|SUBSCRIPTION)\b"
+    r"^(ALTER\s+SYSTEM\b|PREPARE\s+TRANSACTION\b|(CREATE|DROP)\s+(DATABASE|TABLESPACE|SUBSCRIPTION)\b"
     r"|ALTER\s+SUBSCRIPTION\b|REINDEX\s+(\([^)]*\)\s*)?(SYSTEM|DATABASE)\b"
     r"|CLUSTER(\s+VERBOSE)?\s*$|ALTER\s+TABLE\b.*\bDETACH\s+PARTITION\b.*\bCONCURRENTLY\b)", re.I | re.S)
 # VACUUM with options only, no table: it would vacuum every table of the shared database.
@@ -93,7 +94,7 @@ MODES = ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExcl
          "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
 
 POLL_S = 0.001          # observer poll period: a lock held for a few ms is still seen
-HOLD_MAX_S = 10.0       # the snapshot holder is released at the latest after this long
+HOLD_MAX_S = 5.0        # the holder is released at the latest after this long
 DEFAULT_TIMEOUT_S = 300.0
 
 
@@ -159,7 +160,9 @@ def locks_taken(sb: Sandbox, sql: str, *, lock_timeout: str = "5s",
 
     ``lock_timeout`` bounds each wait for a lock held by someone else (a DDL queued behind a
     live transaction would otherwise block the application meanwhile); ``timeout`` bounds each
-    observed non-transactional statement.
+    observed non-transactional statement, which gets no lock_timeout: those statements take
+    only ShareUpdateExclusiveLock, which queues no application query, and their legitimate
+    wait for every older transaction in the database would trip it.
     """
     results: list[StatementLocks] = []
     replay: list[str] = []      # transactional form of the statements done so far
@@ -275,12 +278,7 @@ def _observe(sb: Sandbox, stmt: str, timeout: float, *, prefix: bool) -> Stateme
           sb.connect("locks-run", prepare_threshold=None) as run):
         names = _tables(obs, sb.schema)
         indexes_before = _indexes(obs)
-        # The holder keeps a snapshot older than the statement. CREATE INDEX / REINDEX
-        # CONCURRENTLY wait for every older snapshot before they finish, holding their table
-        # lock meanwhile, so even on a 1,000-row table the lock stays visible to the poll below
-        # until we see the wait and end the holder.
-        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT 1")
+        _hold(holder, sb.schema, [rel for oid, rel in names.items() if "." not in rel])
         holding = True
         run_pid = run.info.backend_pid
         failure: list[BaseException] = []
@@ -300,8 +298,8 @@ def _observe(sb: Sandbox, stmt: str, timeout: float, *, prefix: bool) -> Stateme
             rows = _lock_rows(obs, run_pid)
             seen |= _table_locks(rows, names)
             now = time.monotonic() - start
-            waiting_on_snapshot = any(k == "virtualxid" and not granted for k, _, _, granted in rows)
-            if holding and (waiting_on_snapshot or now > HOLD_MAX_S):
+            waiting = any(not granted for *_, granted in rows)  # seen waiting: the holder has done its job
+            if holding and (waiting or now > HOLD_MAX_S):
                 holder.execute("ROLLBACK")
                 holding = False
             if now > timeout and not cancelled:
@@ -327,6 +325,28 @@ def _observe(sb: Sandbox, stmt: str, timeout: float, *, prefix: bool) -> Stateme
         if undo:
             res.note = "; ".join(filter(None, [res.note, undo]))
     return res
+
+
+def _hold(holder: psycopg.Connection, schema: str, tables: list[str]) -> None:
+    """Open the transaction that makes a fast statement wait where we can see it.
+
+    On a 1,000-row table a concurrent index build or a VACUUM is over in a few ms, faster than a
+    poll can be sure to catch. So the holder takes ShareUpdateExclusiveLock on the sandbox's
+    tables (it conflicts with every statement observed here, and with no application query:
+    reads and writes take weaker modes) and keeps a snapshot (CREATE INDEX / REINDEX
+    CONCURRENTLY wait for every older snapshot, holding their table lock). The statement then
+    sits in pg_locks, waiting, until the poll sees it and the holder ends.
+    """
+    holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    if tables:
+        holder.execute("SET LOCAL lock_timeout = '1s'")  # busy with someone else's DDL: go without
+        try:
+            holder.execute(psycopg.sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+                psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(schema, t) for t in tables)))
+        except psycopg.errors.LockNotAvailable:
+            holder.execute("ROLLBACK")
+            holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    holder.execute("SELECT 1")  # takes the snapshot (LOCK TABLE does not)
 
 
 def _undo_indexes(conn: psycopg.Connection, before: dict, schema: str, names: dict[int, str],
