@@ -86,34 +86,6 @@ def bench_seed(rows: int) -> tuple[Sandbox, float, int]:
     return box, time.perf_counter() - start, counts["users"] + counts["orders"]
 
 
-def bench_seed_phases(rows: int) -> list[tuple[str, float]]:
-    """Seed's own statements (zdlab.seed's SQL constants and batching), timed one phase at a time.
-
-    Explains the seed figure: which part is the load and which the index/constraint build.
-    """
-    # the module, not the function of the same name that the package re-exports
-    seed_module = importlib.import_module(f"{__package__}.seed")
-
-    box = Sandbox(f"bench_{uuid.uuid4().hex[:8]}").reset()
-    phases: list[tuple[str, float]] = []
-    batch = max(10_000, rows // 10)
-    try:
-        with box.connect("seed") as conn:
-            conn.execute(seed_module.SCHEMA_SQL)
-            for label, sql in (("INSERT users", seed_module.USERS_BATCH), ("INSERT orders", seed_module.ORDERS_BATCH)):
-                start = time.perf_counter()
-                for lo in range(1, rows + 1, batch):
-                    conn.execute(sql, {"lo": lo, "hi": min(lo + batch - 1, rows), "users": rows})
-                phases.append((label, time.perf_counter() - start))
-            for stmt in seed_module.CONSTRAINTS_SQL:
-                start = time.perf_counter()
-                conn.execute(stmt)
-                phases.append((stmt, time.perf_counter() - start))
-    finally:
-        box.drop()
-    return phases
-
-
 def bench_pgbench_init(scale: int, steps: str) -> tuple[float, int, str]:
     """``pgbench -i -s scale -I steps`` in a scratch database; (seconds, rows, pgbench's summary)."""
     name = f"zdlab_bench_{uuid.uuid4().hex[:8]}"
@@ -308,18 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"      best run, pgbench's own breakdown: {pg_summary[steps]}")
         for steps, rate in rates.items():
             print(f"  ratio seed / pgbench -I {steps}: {seed_rate / rate:.2f}")
-        print("  where seed's time goes (its own statements again, timed one by one, in a second sandbox):",
-              flush=True)
-        phases = bench_seed_phases(args.rows)
-        for label, seconds in phases:
-            print(f"      {seconds:6.2f} s  {label}")
-        # pgbench -i does load + vacuum + primary keys only; seed also builds an index and an FK.
-        same_work = sum(sec for label, sec in phases if "INDEX" not in label and "FOREIGN KEY" not in label)
-        extra = sum(sec for _, sec in phases) - same_work
-        print(f"  like for like (seed's load + primary keys + VACUUM, i.e. pgbench -i's steps): "
-              f"{seed_rows / same_work:,.0f} rows/s = {seed_rows / same_work / rates['dtGvp']:.2f} x "
-              f"pgbench -I dtGvp (server-side, as seed), {seed_rows / same_work / rates['dtgvp']:.2f} x "
-              f"-I dtgvp; seed's extra index + FK cost {extra:.2f} s")
+        print("  (seed loads users and orders on two connections at once and builds each table's keys "
+              "there; pgbench -i loads one table after another)")
         print()
 
         print("(b) traffic generator: 4 workers, with and without the lock-wait sampler", flush=True)

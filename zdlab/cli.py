@@ -128,7 +128,7 @@ def _locks(args: argparse.Namespace) -> int:
             run_setup(box, setup)
         results = locks_taken(box, sql)
     if args.json:
-        print(json.dumps([{"sql": r.sql, "locks": r.locks, "error": r.error} for r in results], indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
     for r in results:
         print(" ".join(r.sql.split())[:100])
