@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import statistics
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -216,8 +217,17 @@ def build_report(t: Traffic, *, threshold_ms: float | None = None, verdict: str 
     )
 
 
+def _inline_in_notebook() -> None:
+    """A bare Figure renders in a notebook only once the inline backend's formatter is on."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def plot(report: Report) -> Figure:
     """Request latency over time, migration statements shaded, lock waits as a red band."""
+    _inline_in_notebook()
     # A bare Figure (no pyplot) needs no display and is not shown twice in a notebook.
     from matplotlib.figure import Figure
     from matplotlib.transforms import blended_transform_factory

@@ -48,12 +48,18 @@ SELECT g, 1 + (g * 7919) %% %(users)s, 100 + (g * 31) %% 99900,
 FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g
 """
 
+USERS_PK = "ALTER TABLE users ADD PRIMARY KEY (id)"
+ORDERS_PK = "ALTER TABLE orders ADD PRIMARY KEY (id)"
+ORDERS_INDEX = "CREATE INDEX orders_user_id_idx ON orders (user_id)"
+FK_SQL = "ALTER TABLE orders ADD CONSTRAINT orders_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (id)"
+# VACUUM sets the visibility map and hint bits now, so autovacuum does not wake up mid-demo.
+VACUUM_USERS, VACUUM_ORDERS = "VACUUM (ANALYZE) users", "VACUUM (ANALYZE) orders"
 # Each table's keys are built on the connection that loaded it, both tables at once
 # (2 cores: one each); the foreign key needs both, so it comes last.
-USERS_AFTER = ["ALTER TABLE users ADD PRIMARY KEY (id)", "VACUUM (ANALYZE) users"]
-ORDERS_AFTER = ["ALTER TABLE orders ADD PRIMARY KEY (id)",
-                "CREATE INDEX orders_user_id_idx ON orders (user_id)", "VACUUM (ANALYZE) orders"]
-FK_SQL = "ALTER TABLE orders ADD CONSTRAINT orders_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (id)"
+USERS_AFTER = [USERS_PK, VACUUM_USERS]
+ORDERS_AFTER = [ORDERS_PK, ORDERS_INDEX, VACUUM_ORDERS]
+# The same statements in order, for code that loads one table after the other.
+CONSTRAINTS_SQL = [USERS_PK, ORDERS_PK, ORDERS_INDEX, FK_SQL, VACUUM_USERS, VACUUM_ORDERS]
 LOAD_SETTINGS = ["SET synchronous_commit = off", "SET maintenance_work_mem = '256MB'"]
 
 

@@ -259,6 +259,10 @@ class Traffic:
             self._assigned[i] = app
             self._redeploy[i] = True
 
+    def deployed(self) -> bool:
+        """True once every redeployed worker has dropped its old connection (no old code runs)."""
+        return not any(self._redeploy)
+
     def versions(self) -> list[str]:
         """Which version each worker runs now."""
         return ["app" if a is None else a.name for a in self._assigned]
