@@ -1,0 +1,588 @@
+"""Notebook 01_risks: the five risks of a data migration, and the exercises that go with them.
+
+Besides the checkers (``ex = Notebook("01_risks", q1=..., ...)``) this module holds the few
+scenario helpers the notebook and its checkers share, so that a check measures exactly the
+situation the notebook demonstrates:
+
+- ``LongTransaction``: a session that reads a table in an open transaction and ends it a set
+  time after a migration is seen queued behind it (the notebook controls its lifetime);
+- ``try_migrations``: run candidate migrations on an empty copy, on the sandbox's data, or on a
+  production-like copy, each in a transaction that is rolled back;
+- ``checksum``: row count, content hash and column list of a table, to prove up/down/up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql as pgsql
+
+from .. import statements
+from ..checks import LEARNER_TIMEOUT, Exercise, Incorrect, Notebook
+from ..report import Report
+from ..sandbox import Sandbox
+from ..seed import FK_SQL, ORDERS_AFTER, ORDERS_BATCH, SCHEMA_SQL, USERS_AFTER, USERS_BATCH, seed
+from ..traffic import KINDS, traffic
+
+THRESHOLD_MS = 200.0  # the longest app stall we accept, as everywhere in the course
+USERS_ROWS = 200_000  # users rows the notebook seeds; checkers seed as many when the table is missing
+ESTIMATE_ROWS = 100_000_000
+ESTIMATE_TOLERANCE = 0.2  # the estimate may differ from the fit's prediction by 20%
+BASELINE_S = 0.3  # traffic before and after the graded step, so its plot shows the contrast
+POLL_S = 0.005  # watcher poll: a 50-100 ms lock wait is seen ten times or more
+
+# -- risk 2: the backfill ------------------------------------------------------------------------
+
+BACKFILL_COLUMN = "email_domain"
+BACKFILL_EXPR = "split_part(email, '@', 2)"
+BACKFILL_BATCH = 2_000
+
+# -- risk 4: production data is not what the seed script makes -------------------------------------
+
+PRODUCTION_DRIFT_SQL = """
+-- Years of support tickets: accounts re-created with the e-mail typed in capitals.
+INSERT INTO users (id, email, name)
+SELECT m.top + u.id, upper(u.email), u.name
+FROM users u, (SELECT max(id) AS top FROM users) m
+WHERE u.id % 2000 = 0;
+-- Users who signed up through single sign-on never gave a name.
+UPDATE users SET name = NULL WHERE id % 500 = 0;
+"""
+
+CANDIDATES = {
+    "add_plan": "ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free'",
+    "unique_email": "CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email))",
+    "name_length": "ALTER TABLE users ADD CONSTRAINT users_name_length CHECK (char_length(name) <= 100)",
+    "status_check": ("ALTER TABLE orders ADD CONSTRAINT orders_status_check "
+                     "CHECK (status IN ('new', 'paid', 'shipped', 'delivered'))"),
+}
+PRODUCTION_ROWS = 50_000  # the checker's own production-like copy: enough for the drift to show
+
+# -- risk 5: a migration with a down -------------------------------------------------------------
+
+CUSTOMERS_SQL = """
+CREATE TABLE customers AS
+SELECT g AS id, 'customer' || g || '@example.com' AS email,
+       CASE WHEN mod(g, 1000) = 7 THEN 'Cher'              -- one-word names
+            WHEN mod(g, 1000) = 8 THEN NULL                -- never gave one
+            WHEN mod(g, 1000) = 9 THEN 'Mary Ann Smith'    -- more than two words
+            ELSE 'Customer ' || g END AS name
+FROM generate_series(1, {rows}) AS g;
+ALTER TABLE customers ADD PRIMARY KEY (id);
+"""
+
+SPLIT_NAME_UP_SQL = """
+ALTER TABLE customers ADD COLUMN first_name text, ADD COLUMN last_name text;
+UPDATE customers SET
+    first_name = CASE WHEN position(' ' IN name) > 0 THEN left(name, position(' ' IN name) - 1) ELSE name END,
+    last_name  = CASE WHEN position(' ' IN name) > 0 THEN substr(name, position(' ' IN name) + 1) END;
+ALTER TABLE customers DROP COLUMN name;
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def ensure_seeded(box: Sandbox, rows: int = USERS_ROWS) -> None:
+    """Seed ``box`` unless it already has users and orders (a check in a fresh sandbox)."""
+    with box.connect("check") as conn:
+        have = conn.execute("SELECT to_regclass('users') IS NOT NULL AND to_regclass('orders') IS NOT NULL"
+                            ).fetchone()[0]
+    if not have:
+        seed(box, rows, progress=False)
+
+
+def unfilled_rows(conn: psycopg.Connection) -> int:
+    """Users whose backfilled column is missing or wrong."""
+    return conn.execute(f"SELECT count(*) FROM users WHERE {BACKFILL_COLUMN} IS DISTINCT FROM {BACKFILL_EXPR}"
+                        ).fetchone()[0]
+
+
+def reset_backfill_column(conn: psycopg.Connection) -> None:
+    """An empty ``email_domain`` column again (instant: no traffic runs meanwhile)."""
+    conn.execute(f"ALTER TABLE users DROP COLUMN IF EXISTS {BACKFILL_COLUMN}")
+    conn.execute(f"ALTER TABLE users ADD COLUMN {BACKFILL_COLUMN} text")
+
+
+@dataclass
+class LongTransaction:
+    """A session that read ``table`` in a transaction it keeps open: a report, a console, a job.
+
+    It ends (rollback) ``seconds`` after the session ``watch_pid`` is first seen waiting for a
+    lock, or when the ``with`` block ends, whichever comes first. A watcher in a second session
+    records every stretch in which ``watch_pid`` waited (``waits``: (start, end) monotonic).
+    """
+
+    box: Sandbox
+    table: str = "users"
+    seconds: float = 2.0
+    watch_pid: int | None = None
+    waits: list[tuple[float, float]] = field(default_factory=list)
+    blocked_by: list[str] = field(default_factory=list)  # who the watched session waited for, first time
+    started_at: float = 0.0
+    released_at: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _conn: psycopg.Connection | None = None
+    _error: BaseException | None = None
+
+    def __enter__(self) -> LongTransaction:
+        self._conn = self.box.connect("long-tx", autocommit=False)
+        self._conn.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(self.table)))
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="zdlab-long-tx")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._release()
+        if self._conn is not None:
+            self._conn.close()
+
+    @property
+    def lived_s(self) -> float:
+        end = self.released_at if self.released_at is not None else time.monotonic()
+        return end - self.started_at
+
+    def _release(self) -> None:
+        if self.released_at is None and self._conn is not None and not self._conn.closed:
+            self._conn.rollback()
+            self.released_at = time.monotonic()
+
+    def _watch(self) -> None:
+        try:
+            with self.box.connect("long-tx-watch", prepare_threshold=None) as obs:
+                release_at: float | None = None
+                waiting_since: float | None = None
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    waiting = self.watch_pid is not None and obs.execute(
+                        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)",
+                        [self.watch_pid]).fetchone()[0]
+                    if waiting and waiting_since is None:
+                        waiting_since = now
+                        if release_at is None:
+                            release_at = now + self.seconds
+                            self.blocked_by = [r[0] for r in obs.execute(
+                                "SELECT coalesce(nullif(split_part(application_name, '/', 3), ''), "
+                                "application_name) || ' (' || state || ')' FROM pg_stat_activity "
+                                "WHERE pid = ANY(pg_blocking_pids(%s))", [self.watch_pid])]
+                    elif not waiting and waiting_since is not None:
+                        self.waits.append((waiting_since, now))
+                        waiting_since = None
+                    if release_at is not None and now >= release_at and self.released_at is None:
+                        self._release()  # the scenario: the transaction ends now
+                    self._stop.wait(POLL_S)
+                if waiting_since is not None:
+                    self.waits.append((waiting_since, time.monotonic()))
+        except BaseException as exc:  # shown by the caller; the rollback still happens in __exit__
+            self._error = exc
+
+
+@dataclass
+class Attempt:
+    """A candidate migration run in a transaction that was rolled back."""
+
+    name: str
+    sql: str
+    ok: bool
+    error: str | None
+    ms: float
+
+
+Data = Literal["empty", "sandbox", "production"]
+
+
+def _scratch(conn: psycopg.Connection, box: Sandbox) -> str:
+    """A schema inside the caller's transaction (gone at its rollback), first on the search_path."""
+    name = f"{box.schema}_try_{uuid.uuid4().hex[:8]}"
+    conn.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(name)))
+    conn.execute("SELECT set_config('search_path', %s, true)", [f"{name},public"])
+    return name
+
+
+def _load_schema(conn: psycopg.Connection, rows: int) -> None:
+    conn.execute(SCHEMA_SQL)
+    if rows:
+        conn.execute(USERS_BATCH, {"lo": 1, "hi": rows})
+        conn.execute(ORDERS_BATCH, {"lo": 1, "hi": rows, "users": rows})
+    for stmt in [*USERS_AFTER, *ORDERS_AFTER, FK_SQL]:  # the keys seed() builds
+        if not stmt.startswith("VACUUM"):  # VACUUM cannot run in a transaction
+            conn.execute(stmt)
+    if rows:
+        conn.execute(PRODUCTION_DRIFT_SQL)
+
+
+def try_migrations(box: Sandbox, migrations: dict[str, str], data: Data = "sandbox") -> list[Attempt]:
+    """Run each migration on ``data`` and roll everything back; what failed, and why.
+
+    ``empty``: the tables as a fresh development database has them, no rows. ``sandbox``: the
+    sandbox's own tables and rows. ``production``: a production-like copy (seeded rows plus
+    the drift of ``PRODUCTION_DRIFT_SQL``), built for the occasion.
+    """
+    out = []
+    with box.connect("try", autocommit=False) as conn:
+        conn.execute("SET LOCAL lock_timeout = '5s'")  # never queue behind someone's long transaction
+        conn.execute(f"SET LOCAL statement_timeout = '{LEARNER_TIMEOUT}'")
+        if data != "sandbox":
+            _scratch(conn, box)
+            _load_schema(conn, PRODUCTION_ROWS if data == "production" else 0)
+        for name, sql in migrations.items():
+            conn.execute("SAVEPOINT candidate")
+            start = time.perf_counter()
+            try:
+                for stmt in statements.split(sql):
+                    conn.execute(stmt)
+                error = None
+            except psycopg.Error as exc:
+                error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            ms = (time.perf_counter() - start) * 1000
+            conn.execute("ROLLBACK TO SAVEPOINT candidate")
+            out.append(Attempt(name, sql, error is None, error, ms))
+        conn.rollback()
+    return out
+
+
+def checksum(conn: psycopg.Connection, table: str = "customers") -> tuple[int, str, tuple]:
+    """(row count, md5 of every row, columns with types): equal means the same data.
+
+    Rows as jsonb, ordered by id: column order does not matter, values and NULLs do.
+    """
+    ident = pgsql.Identifier(table)
+    count, digest = conn.execute(pgsql.SQL(
+        "SELECT count(*), md5(coalesce(string_agg(to_jsonb(t)::text, '|' ORDER BY t.id), '')) FROM {} t"
+    ).format(ident)).fetchone()
+    columns = tuple(conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+        [table]).fetchall())
+    return count, digest, columns
+
+
+def _run_script(conn: psycopg.Connection, sql: str, what: str) -> None:
+    """Run a migration script statement by statement inside the caller's transaction."""
+    for stmt in statements.split(sql):
+        if statements.is_begin(stmt) or statements.is_end(stmt):
+            raise Incorrect(f"{what} contains {stmt.split()[0].upper()}: leave transaction control to the "
+                            f"migration runner (the check runs up, down, up in one transaction it rolls back).")
+        try:
+            conn.execute(stmt)
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise Incorrect(f"{what} failed: {first}") from None
+
+
+def _judged(report: Report) -> Report:
+    report.verdict = "blocking" if (report.longest_stall_ms or 0.0) > THRESHOLD_MS else "safe"
+    return report
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercises
+# ---------------------------------------------------------------------------------------------
+
+
+class EstimateAt100M(Exercise):
+    """How long the measured migration would take on 100 million rows, from the linear fit."""
+
+    answers = ("estimate_100m_s",)
+    hints = (
+        "Fit a straight line through your measurements (rows, seconds) and read it at 100,000,000 rows. "
+        "The answer is in seconds.",
+        "np.polyfit(rows, seconds, 1) returns (slope, intercept); np.polyval(fit, 100_000_000) evaluates it.",
+        "estimate_100m_s = float(np.polyval(np.polyfit(timings['rows'], timings['seconds'], 1), 100_000_000))",
+    )
+
+    def grade(self, box: Sandbox, estimate_100m_s: Any) -> str:
+        import numpy as np
+
+        try:
+            estimate = float(estimate_100m_s)
+        except (TypeError, ValueError):
+            raise Incorrect(f"give a number of seconds, not {type(estimate_100m_s).__name__}.") from None
+        with box.connect("check") as conn:
+            if conn.execute("SELECT to_regclass('migration_timings')").fetchone()[0] is None:
+                raise Incorrect("there are no measurements yet: run the timing cell above first (it fills "
+                                "table migration_timings, which this check fits again).")
+            rows = conn.execute("SELECT rows, seconds FROM migration_timings ORDER BY rows").fetchall()
+        sizes = sorted({r for r, _ in rows})
+        if len(sizes) < 3 or sizes[-1] < 10 * sizes[0]:
+            raise Incorrect("migration_timings needs at least three sizes spanning 10x or more: run the "
+                            "timing cell above again.")
+        fit = np.polyfit([float(r) for r, _ in rows], [float(s) for _, s in rows], 1)
+        expected = float(np.polyval(fit, ESTIMATE_ROWS))
+        if expected <= 0:
+            raise Incorrect("the measurements do not grow with the size (a noisy run): run the timing cell again.")
+        if abs(estimate - expected) <= ESTIMATE_TOLERANCE * expected:
+            return (f"the fit of your {len(rows)} measurements gives {expected:,.0f} s "
+                    f"(~{expected / 60:,.1f} min) at 100M rows; your estimate is {estimate:,.0f} s. And that is "
+                    f"a lower bound: a table larger than memory is slower per row.")
+        for unit, factor in (("minutes", 60), ("hours", 3600), ("milliseconds", 0.001)):
+            if abs(estimate * factor - expected) <= ESTIMATE_TOLERANCE * expected:
+                raise Incorrect(f"{estimate:g} looks like {unit}: give the estimate in seconds.")
+        raise Incorrect(f"the fit of the measurements in migration_timings gives about {expected:,.0f} s at "
+                        f"100M rows; {estimate:,.0f} s is more than {ESTIMATE_TOLERANCE:.0%} away from it.")
+
+
+class BatchedBackfill(Exercise):
+    """backfill_batched(conn, batch_size): fill users.email_domain in short transactions."""
+
+    answers = ("backfill_batched",)
+    hints = (
+        "Loop: each iteration updates the next batch_size rows by id, in its own transaction (autocommit "
+        "does that: one statement, one transaction), then pauses a little so that waiting app requests "
+        "get through. Stop when a batch updated nothing.",
+        "Keyset pagination: remember the last id done and select the next batch with "
+        "WHERE id > %s ORDER BY id LIMIT %s; RETURNING id tells you where the batch ended.",
+        "WITH batch AS (SELECT id FROM users WHERE id > %s ORDER BY id LIMIT %s) "
+        "UPDATE users u SET email_domain = split_part(u.email, '@', 2) FROM batch WHERE u.id = batch.id "
+        "RETURNING u.id   -- then last = max of the returned ids; time.sleep(0.02) between batches",
+    )
+
+    last_report: Report | None = None  # the meter of the last graded run, for the notebook's plot
+
+    def grade(self, box: Sandbox, backfill_batched: Any) -> str:
+        if not callable(backfill_batched):
+            raise Incorrect("backfill_batched should be a function taking (conn, batch_size).")
+        ensure_seeded(box)
+        with box.connect("check") as conn:
+            reset_backfill_column(conn)
+            total = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+        with box.connect("migration") as mig, traffic(box) as t:
+            t.wait_for_requests(len(KINDS) * 25, timeout=10)
+            time.sleep(BASELINE_S)
+            with t.statement(f"backfill_batched(conn, {BACKFILL_BATCH})"):
+                try:
+                    backfill_batched(mig, BACKFILL_BATCH)
+                except psycopg.Error as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise Incorrect(f"your backfill failed: {first}") from None
+            open_tx = mig.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            if open_tx:
+                mig.rollback()
+            time.sleep(BASELINE_S)  # the tail of the plot: traffic after the backfill
+        report = self.last_report = _judged(t.report(threshold_ms=THRESHOLD_MS))
+        if open_tx:
+            raise Incorrect("your function left a transaction open: commit each batch (or use autocommit).")
+        with box.connect("check") as conn:
+            missing = unfilled_rows(conn)
+        if missing:
+            raise Incorrect(f"{missing:,} of {total:,} users still have no (or a wrong) email_domain: the loop "
+                            f"must go on until a batch finds no row left.")
+        stall = report.longest_stall_ms or 0.0
+        if stall > THRESHOLD_MS:
+            raise Incorrect(f"every row is filled, but app requests waited on a lock for {stall:,.0f} ms in one "
+                            f"stretch (threshold {THRESHOLD_MS:.0f} ms): commit each batch, and pause between them.")
+        took = report.statements[-1]["duration_ms"] or 0.0
+        return (f"all {total:,} rows filled in {took / 1000:,.1f} s under traffic; the longest app stall was "
+                f"{stall:,.0f} ms (threshold {THRESHOLD_MS:.0f} ms), {report.requests:,} requests served.")
+
+
+class LockTimeoutRetry(Exercise):
+    """run_with_lock_timeout(conn, sql, timeout_ms, retries, backoff): fail fast, retry, succeed."""
+
+    answers = ("run_with_lock_timeout",)
+    hints = (
+        "SET lock_timeout on the connection, then try the statement. On psycopg.errors.LockNotAvailable "
+        "sleep and try again, longer each time; after the last retry, raise the error.",
+        "conn.execute(f\"SET lock_timeout = '{timeout_ms}ms'\"); for attempt in range(retries + 1): try the "
+        "statement and return; except LockNotAvailable: if it was the last attempt raise; "
+        "else time.sleep(backoff * 2 ** attempt).",
+        "Reset it at the end (RESET lock_timeout in a finally:), so the connection's later statements do "
+        "not inherit it.",
+    )
+    hold_s = 1.5  # the long transaction's life once the ALTER queues behind it
+    timeout_ms = 100
+    retries = 10
+    backoff = 0.2
+    last_report: Report | None = None  # the meter of the last graded run under traffic
+
+    def grade(self, box: Sandbox, run_with_lock_timeout: Any) -> str:
+        if not callable(run_with_lock_timeout):
+            raise Incorrect("run_with_lock_timeout should be a function taking (conn, sql, timeout_ms, retries, "
+                            "backoff).")
+        ensure_seeded(box)
+        column = "lock_probe"
+        with box.connect("check") as conn:
+            conn.execute(f"ALTER TABLE users DROP COLUMN IF EXISTS {column}")
+        alter = f"ALTER TABLE users ADD COLUMN {column} text"
+
+        # 1. A lock that never comes free within the retries: the function must give up, with an error.
+        with box.connect("migration") as mig, LongTransaction(box, "users", 60, mig.info.backend_pid) as lt:
+            mig.execute("SET statement_timeout = '3s'")  # bounds a function that sets no lock_timeout
+            start = time.monotonic()
+            try:
+                run_with_lock_timeout(mig, alter, 50, 2, 0.05)
+                raised = None
+            except psycopg.errors.LockNotAvailable as exc:
+                raised = exc
+            except psycopg.errors.QueryCanceled:
+                raise Incorrect("with a lock held all along, the ALTER waited until our 3 s statement_timeout "
+                                "cancelled it: set lock_timeout to timeout_ms before running the statement."
+                                ) from None
+            except psycopg.Error as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise Incorrect(f"with a lock held all along, your function failed with something other than "
+                                f"LockNotAvailable: {first}") from None
+            spent = time.monotonic() - start
+            stuck = mig.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        if raised is None:
+            raise Incorrect("with the lock held all along, your function returned as if the ALTER had run: "
+                            "after the last retry, raise the LockNotAvailable error.")
+        if stuck:
+            raise Incorrect("your function left the connection inside a transaction after a failure.")
+        if spent > 5:
+            raise Incorrect(f"with timeout_ms=50, retries=2 and backoff=0.05 your function took {spent:.1f} s to "
+                            f"give up: the lock wait should be bounded by lock_timeout.")
+        gave_up_after = len(lt.waits)
+        if not 2 <= gave_up_after <= 3:
+            raise Incorrect(f"with retries=2 the ALTER should have queued 3 times (the first try and 2 retries); "
+                            f"it queued {gave_up_after} time(s).")
+
+        # 2. Under traffic, a long transaction that ends hold_s after the ALTER first queues.
+        with box.connect("migration") as mig, traffic(box) as t:
+            mig.execute("SET statement_timeout = '10s'")
+            t.wait_for_requests(len(KINDS) * 25, timeout=10)
+            time.sleep(BASELINE_S)
+            with LongTransaction(box, "users", self.hold_s, mig.info.backend_pid) as lt:
+                with t.statement("run_with_lock_timeout(...)", alter):
+                    try:
+                        run_with_lock_timeout(mig, alter, self.timeout_ms, self.retries, self.backoff)
+                    except psycopg.Error as exc:
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        raise Incorrect(f"the long transaction ended {self.hold_s} s after your first attempt, "
+                                        f"yet your function failed: {first}. Retry, with a growing pause, "
+                                        f"{self.retries} times.") from None
+                done_at = time.monotonic()
+                released_at = lt.released_at
+                waits = list(lt.waits)
+            time.sleep(BASELINE_S)
+        report = self.last_report = _judged(t.report(threshold_ms=THRESHOLD_MS))
+        with box.connect("check") as conn:
+            added = conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass "
+                                 "AND attname = %s AND NOT attisdropped", [column]).fetchone()[0]
+        if not added:
+            raise Incorrect("your function returned, but the column was not added: it must run the statement.")
+        if released_at is None or done_at < released_at:
+            raise Incorrect("the ALTER finished before the long transaction ended: that cannot be (check your test).")
+        before = [w for w in waits if w[0] < released_at]
+        if len(before) < 2:
+            raise Incorrect(f"the ALTER queued {len(before)} time(s) while the lock was held: it should give up "
+                            f"after timeout_ms and try again.")
+        longest = max(e - s for s, e in before)
+        if longest * 1000 > self.timeout_ms + 150:
+            raise Incorrect(f"one attempt waited {_ms(longest)} for the lock: set lock_timeout to timeout_ms "
+                            f"({self.timeout_ms} ms) before running the statement.")
+        stall = report.longest_stall_ms or 0.0
+        if stall > THRESHOLD_MS:
+            raise Incorrect(f"the ALTER got through, but app requests waited {stall:,.0f} ms behind it in one "
+                            f"stretch (threshold {THRESHOLD_MS:.0f} ms).")
+        return (f"with the lock held, your function gave up after {gave_up_after} queued attempts; "
+                f"under traffic it queued {len(before)} times (longest wait {_ms(longest)}) while the long "
+                f"transaction lived, then added the column {_ms(done_at - released_at)} after it ended. "
+                f"Longest app stall: {stall:,.0f} ms.")
+
+
+class FailsInProduction(Exercise):
+    """Which candidate migration fails on production data (it passes on an empty database)."""
+
+    answers = ("fails_in_production",)
+    hints = (
+        "All four pass on an empty development database. Try each on data like production's: the "
+        "sandbox's users after the drift above, in a transaction you roll back.",
+        "try_migrations(sb, CANDIDATES) runs each one on the sandbox's data and rolls back. Or look at the "
+        "data: which constraint or unique index would the drift break?",
+        "A unique index over lower(email) meets the accounts re-created with the e-mail in capitals.",
+    )
+
+    def grade(self, box: Sandbox, fails_in_production: Any) -> str:
+        if not isinstance(fails_in_production, str) or fails_in_production not in CANDIDATES:
+            raise Incorrect(f"answer with the name of one candidate: {', '.join(CANDIDATES)}.")
+        dev = try_migrations(box, CANDIDATES, "empty")
+        broken = [a.name for a in dev if not a.ok]
+        if broken:  # the exercise's premise; the checker's own bug if it does not hold
+            raise Incorrect(f"could not check: {', '.join(broken)} failed on the empty database too.")
+        prod = {a.name: a for a in try_migrations(box, CANDIDATES, "production")}
+        failing = [name for name, a in prod.items() if not a.ok]
+        if fails_in_production not in failing:
+            raise Incorrect(f"{fails_in_production} ran fine on a production-like copy "
+                            f"({prod[fails_in_production].ms:,.0f} ms). Another one fails there.")
+        a = prod[fails_in_production]
+        return (f"{fails_in_production} passes on an empty database and fails on a production-like copy "
+                f"({PRODUCTION_ROWS:,} users plus the drift): {a.error}")
+
+
+class DownMigration(Exercise):
+    """down_sql: undo SPLIT_NAME_UP_SQL so that up, down, up leaves the data identical."""
+
+    answers = ("down_sql",)
+    hints = (
+        "down must put customers back exactly as it was before up: the name column with the very same "
+        "values (NULLs and one-word names included), and no first_name / last_name.",
+        "Add name back, fill it from first_name and last_name, drop those two. Mind NULL: "
+        "'Cher' || ' ' || NULL is NULL, and concat_ws(' ', NULL, NULL) is '' (not NULL).",
+        "name = CASE WHEN last_name IS NULL THEN first_name ELSE first_name || ' ' || last_name END",
+    )
+    rows = 10_000
+
+    def grade(self, box: Sandbox, down_sql: Any) -> str:
+        if not isinstance(down_sql, str):
+            raise Incorrect("down_sql should be a string holding the SQL of the down migration.")
+        with box.connect("check", autocommit=False) as conn:
+            conn.execute(f"SET LOCAL statement_timeout = '{LEARNER_TIMEOUT}'")
+            _scratch(conn, box)  # a copy of our own, rolled back at the end: the sandbox is not touched
+            conn.execute(CUSTOMERS_SQL.format(rows=self.rows))
+            before = checksum(conn)
+            _run_script(conn, SPLIT_NAME_UP_SQL, "up")
+            after_up = checksum(conn)
+            _run_script(conn, down_sql, "your down")
+            after_down = checksum(conn)
+            _run_script(conn, SPLIT_NAME_UP_SQL, "up, run again after your down,")
+            after_up2 = checksum(conn)
+            conn.rollback()
+        if after_down[2] != before[2]:
+            raise Incorrect(f"after down the columns are {_cols(after_down[2])}; before up they were "
+                            f"{_cols(before[2])}.")
+        if after_down[:2] != before[:2]:
+            raise Incorrect(f"after down the table has the columns back ({before[0]:,} rows before, "
+                            f"{after_down[0]:,} after) but not the same values: checksum {after_down[1][:8]} "
+                            f"instead of {before[1][:8]}. Look at NULL names and one-word names.")
+        if after_up2 != after_up:
+            raise Incorrect("up after your down does not give the same table as the first up.")
+        return (f"up, down, up on {before[0]:,} rows: down gives back checksum {before[1][:8]} (identical to "
+                f"before up) and the second up gives {after_up2[1][:8]} (identical to the first).")
+
+
+def _cols(columns: tuple) -> str:
+    return ", ".join(f"{n} {t}" for n, t in columns)
+
+
+ex = Notebook("01_risks", q1=EstimateAt100M(), q2=BatchedBackfill(), q3=LockTimeoutRetry(),
+              q4=FailsInProduction(), q5=DownMigration())
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Callable[[], float]]:
+    """``with timed() as took: ...``; then ``took()`` is the block's duration in seconds."""
+    start = time.perf_counter()
+    end: list[float] = []
+    try:
+        yield lambda: (end[0] if end else time.perf_counter()) - start
+    finally:
+        end.append(time.perf_counter())
