@@ -27,7 +27,7 @@ def boxes(make_sandbox):
 
 def sessions_sql(box: Sandbox) -> str:
     return (f"SELECT pid, application_name FROM pg_stat_activity "
-            f"WHERE starts_with(application_name, 'zdlab/{box.schema}/')")
+            f"WHERE datname = current_database() AND starts_with(application_name, 'zdlab/{box.schema}/')")
 
 
 # -- 00_setup q1: the sandbox's sessions ------------------------------------------------------
@@ -194,7 +194,33 @@ def test_solution_shows_notebook_and_code(capsys):
     out = capsys.readouterr().out
     assert "solutions/00_setup.ipynb" in out and "exercise q1" in out
     assert "starts_with(application_name, 'zdlab/zd_00_setup/')" in out
+    assert "datname = current_database()" in out
     assert "### BEGIN SOLUTION" not in out
+
+
+def test_sessions_of_another_database_are_not_this_sandboxs(make_sandbox, db_url):
+    """On a server shared by learners (one database each), the same sandbox name exists twice."""
+    import psycopg
+
+    from zdlab import config
+
+    box = make_sandbox("shared")
+    other_db = "zdlab_test_other_learner"
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {other_db} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {other_db}")
+    try:
+        other = psycopg.connect(config.with_database(db_url, other_db), application_name=box.app_name("app"))
+        try:
+            unfiltered = (f"SELECT pid, application_name FROM pg_stat_activity "
+                          f"WHERE starts_with(application_name, 'zdlab/{box.schema}/')")
+            assert ex.q1.evaluate(answer_sql=unfiltered, sandbox=box).status == "incorrect"
+            assert ex.q1.evaluate(answer_sql=sessions_sql(box), sandbox=box).status == "correct"
+        finally:
+            other.close()
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {other_db} WITH (FORCE)")
 
 
 def test_solution_when_solutions_are_not_shipped(tmp_path, monkeypatch, capsys):

@@ -200,3 +200,20 @@ def test_seed_builds_the_demo_schema(make_sandbox):
         fks = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
                            "AND conrelid = 'orders'::regclass").fetchone()[0]
         assert fks == 1
+
+
+def test_learner_gets_a_database_of_their_own(db_url):
+    name = f"t{uuid.uuid4().hex[:6]}"
+    try:
+        result = run_zdlab("db", "url", env={"ZDLAB_LEARNER": name})
+        assert result.returncode == 0, result.stderr
+        url = result.stdout.strip()
+        assert url.endswith(f"/zdlab_{name}")
+        with psycopg.connect(url) as conn:  # created on first use
+            assert conn.execute("SELECT current_database()").fetchone()[0] == f"zdlab_{name}"
+        bad = run_zdlab("db", "url", env={"ZDLAB_LEARNER": "!!!"})
+        assert_clear(bad)
+        assert "ZDLAB_LEARNER" in bad.stderr
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS zdlab_{name} WITH (FORCE)")

@@ -287,11 +287,13 @@ class SandboxSessions(Exercise):
 
     answers = ("answer_sql",)
     hints = (
-        "pg_stat_activity has one row per server process. Keep the rows whose application_name "
-        "starts with 'zdlab/zd_00_setup/', and return only the columns pid and application_name.",
+        "pg_stat_activity has one row per server process, for every database of the server. Keep the "
+        "rows of this database (datname = current_database()) whose application_name starts with "
+        "'zdlab/zd_00_setup/', and return only the columns pid and application_name.",
         "PostgreSQL has starts_with(text, prefix); LIKE 'prefix%' works too (mind that _ is a "
         "wildcard in LIKE).",
-        "SELECT pid, application_name FROM pg_stat_activity WHERE starts_with(application_name, '...');",
+        "SELECT pid, application_name FROM pg_stat_activity "
+        "WHERE datname = current_database() AND starts_with(application_name, '...');",
     )
 
     def grade(self, box: Sandbox, answer_sql: str) -> str:
@@ -302,7 +304,8 @@ class SandboxSessions(Exercise):
             conn.execute(f"SET LOCAL statement_timeout = '{LEARNER_TIMEOUT}'")
             columns, rows = run_learner_sql(conn, answer_sql)
             truth = conn.execute("SELECT pid, application_name FROM pg_stat_activity "
-                                 "WHERE starts_with(application_name, %s)", [prefix]).fetchall()
+                                 "WHERE datname = current_database() AND starts_with(application_name, %s)",
+                                 [prefix]).fetchall()
             conn.rollback()
         wanted = ["pid", "application_name"]
         if sorted(columns) != sorted(wanted):
@@ -314,8 +317,8 @@ class SandboxSessions(Exercise):
         if extra:
             pid, app = extra[0]
             raise Incorrect(f"your query returns {len(extra)} session(s) that are not this sandbox's, for "
-                            f"example pid {pid} with application_name {app!r}. Keep only the rows whose "
-                            f"application_name starts with {prefix!r}.")
+                            f"example pid {pid} with application_name {app!r}. Keep only the rows of this "
+                            f"database whose application_name starts with {prefix!r}.")
         if missed:
             raise Incorrect(f"your query misses {len(missed)} of this sandbox's {len(truth)} session(s), for "
                             f"example application_name {missed[0][1]!r}. Match every application_name that "

@@ -47,6 +47,22 @@ def port() -> int:
     return int(raw)
 
 
+def learner() -> str | None:
+    """ZDLAB_LEARNER: on a shared server, each learner works in a database of their own."""
+    raw = os.environ.get("ZDLAB_LEARNER", "").strip()
+    if not raw:
+        return None
+    slug = re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_")
+    if not slug or len(slug) > 40:
+        raise BadInput(f"ZDLAB_LEARNER={raw!r} cannot name a database: use 1 to 40 letters, digits, "
+                       f"'-' or '_' (for example ZDLAB_LEARNER=alice).")
+    return slug
+
+
+def learner_database(name: str) -> str:
+    return f"zdlab_{name}"
+
+
 def external_url() -> str | None:
     """The server the user chose with DATABASE_URL, if any."""
     url = os.environ.get("DATABASE_URL", "").strip()

@@ -56,9 +56,39 @@ def connect_url(url: str, *, autocommit: bool = True, application_name: str | No
                          f"It should look like postgresql://user:password@host:5432/dbname.") from None
 
 
+_ensured: set[str] = set()
+
+
 def database_url() -> str:
-    """The URL of the database the notebooks use (DATABASE_URL or embedded `workshop`)."""
-    return server.url()
+    """The URL of the database the notebooks use: DATABASE_URL or embedded `workshop`, or,
+    with ZDLAB_LEARNER set, that learner's own database on the same server."""
+    base = server.url()
+    name = config.learner()
+    if name is None:
+        return base
+    url = config.with_database(base, config.learner_database(name))
+    if url not in _ensured:
+        _ensure_database(base, config.learner_database(name))
+        _ensured.add(url)
+    return url
+
+
+def _ensure_database(base_url: str, database: str) -> None:
+    """Create a learner's database on first use (concurrent first uses are fine)."""
+    with connect_url(base_url, application_name=f"{config.APP_PREFIX}/admin") as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            return
+        try:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        except psycopg.errors.DuplicateDatabase:
+            pass  # another kernel of the same learner created it a moment ago
+        except psycopg.errors.UniqueViolation:
+            pass  # the same race, reported through the catalog's unique index
+        except psycopg.errors.InsufficientPrivilege:
+            raise ZdlabError(
+                f"ZDLAB_LEARNER is set, so the kit wants a database {database!r} of the learner's own, but "
+                f"the user in {config.redact(base_url)} may not create databases. Create it once as an admin "
+                f"(CREATE DATABASE {database}), or grant CREATEDB to that user.") from None
 
 
 def connect(*, autocommit: bool = True, application_name: str | None = None,
@@ -71,7 +101,8 @@ def connect(*, autocommit: bool = True, application_name: str | None = None,
             f"(in a notebook: `!zdlab db start`), then run this cell again. "
             f"To use another server instead, set DATABASE_URL before starting Jupyter."
         )
-    return connect_url(database_url(), autocommit=autocommit,
+    url = database_url()
+    return connect_url(url, autocommit=autocommit,
                        application_name=application_name, **kwargs)
 
 

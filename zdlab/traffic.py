@@ -55,6 +55,7 @@ SELECT pid, application_name, wait_event_type, wait_event,
        CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END, state, query, now()
 FROM pg_stat_activity
 WHERE left(application_name, length(%(prefix)s)) = %(prefix)s AND pid <> pg_backend_pid()
+  AND datname = current_database()  -- learners on one server use the same sandbox names
 """
 
 # Run only when the set of waiters changes: names the blocker and the lock modes involved.
