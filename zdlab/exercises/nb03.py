@@ -1,0 +1,210 @@
+"""Exercises of notebook 03_not_null_column: a new NOT NULL column, backfilled, with no stall.
+
+    from zdlab.exercises.nb03 import ex
+    answer_steps = ["ALTER TABLE users ADD COLUMN status text", backfill, ...]
+    ex.q1.check()
+
+The checker seeds a sandbox of its own, runs the learner's steps under simulated application
+traffic and then reads the result from the database: pg_attribute / pg_constraint for the
+column, a count of rows that break the backfill rule, pg_class.relfilenode for a rewrite, and
+the lock waits Postgres reported while the steps ran (zdlab.traffic's sampler).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from .. import statements
+from ..checks import Exercise, Incorrect, Notebook
+from ..report import Report
+from ..sandbox import Sandbox
+from ..seed import seed
+from ..traffic import KINDS, traffic
+
+# The backfill rule of the exercise. Orders only ever get status 'new' from the simulated app,
+# so the rule does not drift while traffic runs (a rule on "the last 30 days" would).
+RULE_SQL = ("CASE WHEN EXISTS (SELECT 1 FROM orders o WHERE o.user_id = users.id "
+            "AND o.status = 'delivered') THEN 'customer' ELSE 'prospect' END")
+
+# 200k users: one UPDATE of every row takes most of a second here, so the row locks it holds
+# stall the app's writes well past STALL_LIMIT_MS (measured 0.8-1.5 s); a 5,000-row batch
+# holds its locks for a few ms. Seeding takes about 1.5 s.
+CHECK_ROWS = 200_000
+STALL_LIMIT_MS = 200.0
+WORKERS = 4
+WARMUP_REQUESTS = WORKERS * len(KINDS) * 6  # every worker has run every kind a few times
+SETTLE_S = 0.3  # baseline traffic before the steps and a tail after them
+STEP_TIMEOUT = "60s"  # a runaway statement of the learner's must not hang the check
+
+Step = str | Callable[[psycopg.Connection], object]
+
+
+def normalise_steps(steps: Any) -> list[tuple[str, Step]]:
+    """``(label, step)`` pairs: every SQL statement on its own, functions as they are.
+
+    A string may hold several statements (a migration file); a list may mix SQL strings and
+    functions that take the migration's connection (for a batched backfill).
+    """
+    items = [steps] if isinstance(steps, str) or callable(steps) else steps
+    if not isinstance(items, Sequence) or isinstance(items, bytes):
+        raise Incorrect(f"answer_steps should be a list of SQL strings and functions, not "
+                        f"{type(steps).__name__}.")
+    out: list[tuple[str, Step]] = []
+    for i, item in enumerate(items, 1):
+        if isinstance(item, str):
+            out += [(_short(sql), sql) for sql in statements.split(item)]
+        elif callable(item):
+            out.append((f"{getattr(item, '__name__', 'function')}(conn)", item))
+        else:
+            raise Incorrect(f"step {i} is a {type(item).__name__}; each step must be a SQL string or a "
+                            f"function taking a connection.")
+    if not out:
+        raise Incorrect("answer_steps holds no SQL statement and no function: nothing to run.")
+    return out
+
+
+def run_steps(sb: Sandbox, steps: Any, *, workers: int = WORKERS,
+              threshold_ms: float = STALL_LIMIT_MS) -> tuple[Report, list[str | None]]:
+    """Run the steps on ``sb`` (already seeded) under traffic; the report and each step's error.
+
+    Steps run in order on one autocommit connection (each statement commits on its own unless a
+    step opens a transaction). After the first failing step the others are not run.
+    """
+    plan = normalise_steps(steps)
+    errors: list[str | None] = []
+    with sb.connect("migration") as mig, traffic(sb, workers) as t:
+        mig.execute(f"SET statement_timeout = '{STEP_TIMEOUT}'")
+        t.wait_for_requests(WARMUP_REQUESTS, timeout=10)
+        time.sleep(SETTLE_S)  # baseline: normal latency first, on the timeline
+        for label, step in plan:
+            if isinstance(step, str):
+                errors.append(t.run(mig, step, label=label).error)
+            else:
+                try:
+                    with t.statement(label):
+                        step(mig)
+                    errors.append(None)
+                except Exception as exc:  # the learner's function: report, never a traceback
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    errors.append(f"{type(exc).__name__}: {first}")
+            if errors[-1]:
+                break
+        if mig.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            t.run(mig, "ROLLBACK", label="ROLLBACK (the steps left a transaction open)")
+        time.sleep(SETTLE_S)  # the tail: did traffic recover?
+    report = t.report(threshold_ms=threshold_ms)
+    report.statements_not_run = len(plan) - len(errors)
+    return report, errors
+
+
+def column_state(conn: psycopg.Connection, table: str, column: str) -> dict[str, Any] | None:
+    """Type, NOT NULL flag and (PostgreSQL 18) whether the NOT NULL constraint is validated."""
+    row = conn.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        [table, column]).fetchone()
+    if row is None:
+        return None
+    type_, notnull, attnum = row
+    # PostgreSQL 18 stores NOT NULL as a constraint (contype 'n'), which can be NOT VALID while
+    # attnotnull is already true: only a validated one proves that no row holds a NULL.
+    invalid = conn.execute(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'n' "
+        "AND conkey = ARRAY[%s]::int2[] AND NOT convalidated", [table, attnum]).fetchone()[0]
+    checks = [r[0] for r in conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'c' "
+        "AND %s = ANY(conkey) ORDER BY 1", [table, attnum])]
+    return {"type": type_, "notnull": notnull and not invalid, "invalid_not_null": bool(invalid),
+            "checks": checks}
+
+
+class StatusColumn(Exercise):
+    """users.status text NOT NULL, backfilled by the rule, with no stall under traffic."""
+
+    answers = ("answer_steps",)
+    hints = (
+        "Two things can stall the application here: a DDL that holds AccessExclusiveLock for a long "
+        "time (a rewrite, a scan), and one big UPDATE, which keeps the row lock of every row it "
+        "changed until it commits. Section 1 shows which ADD COLUMN is instant.",
+        "ADD COLUMN status text NOT NULL DEFAULT 'prospect' is instant (a constant default, no "
+        "rewrite), and every user is then a 'prospect'. What is left is to set 'customer' where the "
+        "rule says so, in batches: a step can be a Python function taking the connection that loops "
+        "over users.id ranges of a few thousand ids, one UPDATE per range (the connection is in "
+        "autocommit, so each UPDATE commits on its own), with a short pause between batches.",
+        "answer_steps = [\"SET lock_timeout = '2s'\", \"ALTER TABLE users ADD COLUMN status text NOT NULL "
+        "DEFAULT 'prospect'\", backfill_status] where backfill_status(conn) runs, for lo = 1, 5001, ..., "
+        "\"UPDATE users SET status = 'customer' WHERE id BETWEEN lo AND lo + 4999 AND id IN (SELECT "
+        "user_id FROM orders WHERE status = 'delivered' AND user_id BETWEEN lo AND lo + 4999)\".",
+    )
+
+    def _sandbox(self) -> Sandbox:
+        # Its own schema: the check re-seeds it, and must not replace the notebook's 1M-row tables.
+        return Sandbox(f"{self.notebook.name if self.notebook else 'nb03'}_{self.name}")
+
+    def grade(self, box: Sandbox, answer_steps: Any) -> str:
+        normalise_steps(answer_steps)  # a malformed answer is reported before anything runs
+        box.reset()
+        seed(box, CHECK_ROWS, progress=False)
+        report, errors = run_steps(box, answer_steps)
+        failed = [(i, e) for i, e in enumerate(errors) if e]
+        if failed:
+            i, error = failed[0]
+            label = report.statements[i]["label"] if i < len(report.statements) else f"step {i + 1}"
+            raise Incorrect(f"step {i + 1} ({label}) failed: {error}")
+        with box.connect("check") as conn:
+            state = column_state(conn, "users", "status")
+            if state is None:
+                raise Incorrect("users has no column status after your steps.")
+            if state["type"] != "text":
+                raise Incorrect(f"users.status is {state['type']}; make it text.")
+            if state["invalid_not_null"]:
+                raise Incorrect("users.status has a NOT NULL constraint that is still NOT VALID: "
+                                "VALIDATE CONSTRAINT it.")
+            if not state["notnull"]:
+                raise Incorrect("users.status still accepts NULL (pg_attribute.attnotnull is false): "
+                                "finish with ALTER COLUMN status SET NOT NULL.")
+            total, wrong, example = conn.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE status IS DISTINCT FROM {RULE_SQL}), "
+                f"min(id) FILTER (WHERE status IS DISTINCT FROM {RULE_SQL}) FROM users").fetchone()
+            if wrong:
+                got, want = conn.execute(f"SELECT status, {RULE_SQL} FROM users WHERE id = %s",
+                                         [example]).fetchone()
+                raise Incorrect(f"{wrong:,} of {total:,} users have the wrong status, for example user "
+                                f"{example} has {got!r} where the rule gives {want!r}.")
+            if state["checks"]:
+                raise Incorrect(f"the helper CHECK constraint {state['checks'][0]} is still on users: "
+                                f"once SET NOT NULL is done it only costs time on every write; drop it.")
+        if "users" in report.rewritten_tables:
+            raise Incorrect("your steps rewrote the whole users table (pg_class.relfilenode changed): "
+                            "a rewrite holds AccessExclusiveLock from start to end.")
+        if report.failed_requests:
+            err, n = max(report.failures_by_error.items(), key=lambda kv: kv[1])
+            why = ""
+            if "(23514)" in err:  # check_violation: the classic CHECK-before-backfill trap
+                why = (" A NOT VALID CHECK skips the existing rows but checks every row an UPDATE "
+                       "writes: the app's updates of users not backfilled yet break it. Backfill "
+                       "before adding the CHECK, or give the new column a DEFAULT.")
+            raise Incorrect(f"{report.failed_requests} application requests failed while your steps "
+                            f"ran, {n} with {err}.{why}")
+        stall = report.longest_stall_ms or 0.0
+        if stall > STALL_LIMIT_MS:
+            who = report.blocking_chain[0]["edge"] if report.blocking_chain else "a migration step"
+            raise Incorrect(f"the application stalled for {stall:,.0f} ms (limit {STALL_LIMIT_MS:,.0f} ms) "
+                            f"while your steps ran; longest wait: {who}.")
+        took = sum(s["duration_ms"] or 0 for s in report.statements) / 1000
+        return (f"users.status is NOT NULL and all {total:,} users match the rule; your {len(errors)} steps "
+                f"took {took:.1f} s under traffic and the longest application stall was {stall:,.0f} ms "
+                f"(limit {STALL_LIMIT_MS:,.0f} ms), with no rewrite and no failed request.")
+
+
+def _short(sql: str, width: int = 60) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+ex = Notebook("03_not_null_column", q1=StatusColumn())
