@@ -38,36 +38,51 @@ def write_notebook(path: Path, box, *, short_errors_off: bool, bad_cell: bool) -
     return path
 
 
-def run_nbval(path: Path) -> subprocess.CompletedProcess:
+def run_nbval(folder: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PLOOMBER_STATS_ENABLED": "false"}
-    # Run from the notebook's folder so that only --nbval-lax (not the repo's addopts) applies.
-    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
-                           path.name], cwd=path.parent, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    # Run from the notebooks' folder so that only --nbval-lax (not the repo's addopts) applies.
+    # One nbval run over all three notebooks: each still gets a kernel of its own.
+    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-rA",
+                           "-q", "."], cwd=folder, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-@pytest.fixture
-def box(make_sandbox):
-    return make_sandbox("sqlerr")
+@pytest.fixture(scope="module")
+def nbval_run(tmp_path_factory, db_url):
+    """bad: short_errors off + a failing cell; good: the control; lenient: short_errors left on."""
+    from zdlab.sandbox import Sandbox
+
+    box = Sandbox(f"test_sqlerr_{os.getpid()}", db_url).reset()
+    folder = tmp_path_factory.mktemp("nbval")
+    write_notebook(folder / "bad.ipynb", box, short_errors_off=True, bad_cell=True)
+    write_notebook(folder / "good.ipynb", box, short_errors_off=True, bad_cell=False)
+    write_notebook(folder / "lenient.ipynb", box, short_errors_off=False, bad_cell=True)
+    try:
+        run = run_nbval(folder)
+    finally:
+        box.drop()
+    return run, run.stdout + run.stderr
 
 
-def test_failing_sql_cell_fails_the_suite(tmp_path, box):
-    run = run_nbval(write_notebook(tmp_path / "bad.ipynb", box, short_errors_off=True, bad_cell=True))
-    out = run.stdout + run.stderr
+def outcomes(out: str, notebook: str) -> list[str]:
+    """'PASSED'/'FAILED' per cell of one notebook, from pytest's -rA summary."""
+    return [line.split()[0] for line in out.splitlines()
+            if line.startswith(("PASSED", "FAILED")) and f" {notebook}::" in f" {line.split(maxsplit=1)[1]}"]
+
+
+def test_failing_sql_cell_fails_the_suite(nbval_run):
+    run, out = nbval_run
     assert run.returncode == 1, out
     assert "FAILED bad.ipynb::Cell 3" in out  # the fourth code cell, counted from 0
     assert "no_such_table" in out and "does not exist" in out
-    assert "1 failed, 3 passed" in out
+    assert outcomes(out, "bad.ipynb") == ["PASSED"] * 3 + ["FAILED"]
 
 
-def test_control_same_notebook_without_the_bad_cell_passes(tmp_path, box):
-    run = run_nbval(write_notebook(tmp_path / "good.ipynb", box, short_errors_off=True, bad_cell=False))
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "3 passed" in run.stdout
+def test_control_same_notebook_without_the_bad_cell_passes(nbval_run):
+    run, out = nbval_run
+    assert outcomes(out, "good.ipynb") == ["PASSED"] * 3, out
 
 
-def test_without_short_errors_off_a_sql_error_passes_silently(tmp_path, box):
+def test_without_short_errors_off_a_sql_error_passes_silently(nbval_run):
     # Documents why every notebook sets short_errors = False: without it, the broken cell "passes".
-    run = run_nbval(write_notebook(tmp_path / "lenient.ipynb", box, short_errors_off=False, bad_cell=True))
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "4 passed" in run.stdout and "failed" not in run.stdout
+    run, out = nbval_run
+    assert outcomes(out, "lenient.ipynb") == ["PASSED"] * 4, out
