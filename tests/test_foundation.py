@@ -217,3 +217,19 @@ def test_learner_gets_a_database_of_their_own(db_url):
     finally:
         with psycopg.connect(db_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS zdlab_{name} WITH (FORCE)")
+
+
+def test_hub_user_names_the_learner_on_a_shared_server(monkeypatch):
+    monkeypatch.delenv("ZDLAB_LEARNER", raising=False)
+    monkeypatch.setenv("JUPYTERHUB_USER", "Ada.Lovelace@example.org")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/workshop")
+    assert config.learner() == "ada_lovelace_example_org"
+    monkeypatch.setenv("JUPYTERHUB_USER", "x" * 60)
+    long_a = config.learner()
+    monkeypatch.setenv("JUPYTERHUB_USER", "x" * 59 + "y")
+    assert len(long_a) <= 40 and long_a != config.learner()
+    monkeypatch.setenv("ZDLAB_LEARNER", "bob")  # an explicit learner name wins
+    assert config.learner() == "bob"
+    monkeypatch.delenv("ZDLAB_LEARNER")
+    monkeypatch.delenv("DATABASE_URL")  # the embedded server is the user's own: no learner database
+    assert config.learner() is None

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -48,14 +49,32 @@ def port() -> int:
 
 
 def learner() -> str | None:
-    """ZDLAB_LEARNER: on a shared server, each learner works in a database of their own."""
+    """ZDLAB_LEARNER: on a shared server, each learner works in a database of their own.
+
+    Under JupyterHub on a shared server (DATABASE_URL set) the hub user name, JUPYTERHUB_USER,
+    is the default: without it, every learner would share `workshop`, and one learner's
+    sandbox reset would end another's sessions.
+    """
     raw = os.environ.get("ZDLAB_LEARNER", "").strip()
+    if not raw and external_url():
+        hub_user = os.environ.get("JUPYTERHUB_USER", "").strip()
+        if hub_user:
+            return _hub_learner(hub_user)
     if not raw:
         return None
     slug = re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_")
     if not slug or len(slug) > 40:
         raise BadInput(f"ZDLAB_LEARNER={raw!r} cannot name a database: use 1 to 40 letters, digits, "
                        f"'-' or '_' (for example ZDLAB_LEARNER=alice).")
+    return slug
+
+
+def _hub_learner(user: str) -> str:
+    """A database-safe learner name from a hub user name (often an e-mail address): the slug,
+    shortened with a hash of the full name when it is too long, so two users never share one."""
+    slug = re.sub(r"[^a-z0-9]+", "_", user.lower()).strip("_") or "user"
+    if len(slug) > 40:
+        slug = f"{slug[:31]}_{hashlib.sha1(user.encode()).hexdigest()[:8]}"
     return slug
 
 
