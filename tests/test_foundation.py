@@ -233,3 +233,21 @@ def test_hub_user_names_the_learner_on_a_shared_server(monkeypatch):
     monkeypatch.delenv("ZDLAB_LEARNER")
     monkeypatch.delenv("DATABASE_URL")  # the embedded server is the user's own: no learner database
     assert config.learner() is None
+
+
+def test_port_left_in_time_wait_by_a_stopped_server_is_free():
+    """Right after a server stops, its closed connections sit in TIME_WAIT: the port is free."""
+    from zdlab.server import port_in_use
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Postgres does
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.listen()
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    assert port_in_use(port)  # a live listener: busy
+    served.close()  # the server side closes first: its end goes to TIME_WAIT on `port`
+    client.close()
+    listener.close()
+    assert not port_in_use(port)
