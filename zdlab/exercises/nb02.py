@@ -220,7 +220,8 @@ def backfill(conn: psycopg.Connection, batch: int = 1000) -> int:
     top = conn.execute("SELECT coalesce(max(id), 0) FROM customers").fetchone()[0]
     batches = 0
     for lo in range(0, top, batch):
-        conn.execute("UPDATE customers SET full_name = name WHERE id > %s AND id <= %s AND full_name IS NULL",
+        conn.execute("UPDATE customers SET full_name = name WHERE id > %s AND id <= %s "
+                     "AND full_name IS DISTINCT FROM name",
                      [lo, lo + batch])
         batches += 1
     return batches
