@@ -3,8 +3,6 @@ server that is down, a wrong URL or a wrong password all give one clear paragrap
 
 from __future__ import annotations
 
-import os
-
 import psycopg
 
 from . import config, server
@@ -108,8 +106,3 @@ def connect(*, autocommit: bool = True, application_name: str | None = None,
 
 def server_version_num(conn: psycopg.Connection) -> int:
     return int(conn.execute("SHOW server_version_num").fetchone()[0])
-
-
-def telemetry_off() -> None:
-    """JupySQL (ploomber-core) phones home unless this is set: the kit never lets it."""
-    os.environ["PLOOMBER_STATS_ENABLED"] = "false"

@@ -58,8 +58,6 @@ VACUUM_USERS, VACUUM_ORDERS = "VACUUM (ANALYZE) users", "VACUUM (ANALYZE) orders
 # (2 cores: one each); the foreign key needs both, so it comes last.
 USERS_AFTER = [USERS_PK, VACUUM_USERS]
 ORDERS_AFTER = [ORDERS_PK, ORDERS_INDEX, VACUUM_ORDERS]
-# The same statements in order, for code that loads one table after the other.
-CONSTRAINTS_SQL = [USERS_PK, ORDERS_PK, ORDERS_INDEX, FK_SQL, VACUUM_USERS, VACUUM_ORDERS]
 LOAD_SETTINGS = ["SET synchronous_commit = off", "SET maintenance_work_mem = '256MB'"]
 
 
