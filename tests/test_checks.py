@@ -237,7 +237,19 @@ def test_result_renders_in_colour():
     assert "&lt;b&gt;" in bad._repr_html_() and not bad
 
 
-@pytest.mark.parametrize("notebook", sorted(checks.NOTEBOOKS))
+def _all_notebooks() -> list[str]:
+    """Import every notebook's exercises, so the list does not depend on what ran before."""
+    import importlib
+    import pkgutil
+
+    import zdlab.exercises
+
+    for module in pkgutil.iter_modules(zdlab.exercises.__path__):
+        importlib.import_module(f"zdlab.exercises.{module.name}")
+    return sorted(checks.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("notebook", _all_notebooks())
 def test_every_registered_exercise_has_hints_and_a_worked_answer(notebook):
     book = checks.NOTEBOOKS[notebook]
     assert book.solutions_path().exists(), f"no {book.solutions_path()}"

@@ -261,7 +261,8 @@ def solution_code(path: Path, variable: str) -> str | None:
     """The code between the solution markers that assigns ``variable`` in notebook ``path``."""
     cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
     block = re.compile(r"^[ \t]*### BEGIN SOLUTION[ \t]*\n(.*?)^[ \t]*### END SOLUTION", re.M | re.S)
-    assigns = re.compile(rf"^\s*{re.escape(variable)}\s*=", re.M)
+    # An answer is a variable (``name = ...``) or a function the learner writes (``def name(``).
+    assigns = re.compile(rf"^\s*(?:{re.escape(variable)}\s*=|def\s+{re.escape(variable)}\s*\()", re.M)
     for cell in cells:
         source = "".join(cell.get("source", []))
         for match in block.finditer(source):
