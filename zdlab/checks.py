@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Literal
 import psycopg
 
 from . import config
-from .errors import ZdlabError
+from .errors import ZdlabError, first_line
 from .sandbox import Sandbox
 
 Status = Literal["correct", "incorrect", "not_attempted"]
@@ -142,7 +142,7 @@ def run_learner_sql(conn: psycopg.Connection, sql: Any) -> tuple[list[str], list
             raise  # the connection died: the checker could not run, not the learner's fault
         if isinstance(exc, psycopg.errors.QueryCanceled):
             raise Incorrect(f"your query ran longer than {LEARNER_TIMEOUT} and was cancelled.") from None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise Incorrect(f"your query failed: {first}") from None
     if cur.description is None:
         raise Incorrect("your SQL returned no rows at all: it should be one SELECT query.")
@@ -224,7 +224,7 @@ class Exercise:
         except ZdlabError as exc:
             return Result("incorrect", f"could not check: {exc.message}", self.label)
         except (CouldNotCheck, psycopg.Error) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             return Result("incorrect", f"could not check: {first}", self.label)
         except Exception as exc:  # a checker bug must still not show the learner a traceback
             return Result("incorrect", f"could not check: the checker failed ({type(exc).__name__}: {exc}). "

@@ -116,6 +116,7 @@ def _measure(args: argparse.Namespace) -> int:
 def _locks(args: argparse.Namespace) -> int:
     import json
 
+    from . import statements
     from .locks import locks_taken
     from .measure import run_setup
     from .sandbox import Sandbox
@@ -131,7 +132,7 @@ def _locks(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
     for r in results:
-        print(" ".join(r.sql.split())[:100])
+        print(statements.short_sql(r.sql, 100))
         if r.error:
             print(f"    error: {r.error}")
         elif r.status != "ok":

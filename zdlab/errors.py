@@ -26,3 +26,8 @@ class BadInput(ZdlabError):
     """The user gave us something we cannot use (a missing file, an empty migration)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (Postgres adds DETAIL/HINT lines), or its type."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -99,8 +99,7 @@ def run_setup(sb: Sandbox, setup_sql: str) -> None:
             try:
                 conn.execute(stmt, prepare=False)
             except psycopg.Error as exc:
-                shown = " ".join(stmt.split())
-                shown = shown if len(shown) <= 120 else shown[:119] + "…"
+                shown = statements.short_sql(stmt, 120)
                 raise ZdlabError(f"setup_sql statement {i} failed: {shown!r}. PostgreSQL said: "
                                  f"{describe_error(exc)}. Fix the setup SQL and measure again.") from None
 

@@ -39,8 +39,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql as pgsql
 
-from .errors import ZdlabError
-from .statements import split
+from .errors import ZdlabError, first_line
+from .statements import short_sql, split
 
 NO_TRANSACTION = "-- zdlab:no-transaction"
 _FILE = re.compile(r"^(\d+)_(.+)\.(up|down)\.sql$")
@@ -162,8 +162,8 @@ class Migrator:
                 finally:
                     self.conn.execute("RESET lock_timeout")
         except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            shown = " ".join(current.split())[:100]
+            first = first_line(exc)
+            shown = short_sql(current, 100)
             raise MigrationError(f"{direction} {m.version} ({m.name}) failed at `{shown}`: {type(exc).__name__}: "
                                  f"{first}" + ("" if m.transactional else
                                                " (non-transactional: the statements before it stay applied)")

@@ -23,6 +23,12 @@ def split(sql: str) -> list[str]:
     return out
 
 
+def short_sql(sql: str, width: int = 60) -> str:
+    """One line, at most ``width`` characters: a statement as a label or in a message."""
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def is_begin(stmt: str) -> bool:
     return bool(_TX_START.match(_bare(stmt)))
 

@@ -29,6 +29,7 @@ from . import config
 from .errors import ZdlabError
 from .sandbox import Sandbox
 from .seed import DEMO_TABLES
+from .statements import short_sql
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -155,11 +156,6 @@ def describe_error(exc: BaseException) -> str:
     first = lines[0] if lines else ""
     state = getattr(exc, "sqlstate", None)
     return f"{type(exc).__name__} ({state}): {first}" if state else f"{type(exc).__name__}: {first}"
-
-
-def _short(sql: str, width: int = 60) -> str:
-    flat = " ".join(sql.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 class Traffic:
@@ -289,7 +285,7 @@ class Traffic:
 
         A database error is recorded on the span and, unless ``raise_errors``, not raised.
         """
-        span = Span(label or _short(sql), sql, self.now())
+        span = Span(label or short_sql(sql), sql, self.now())
         self.spans.append(span)
         try:
             conn.execute(sql, prepare=False)
@@ -459,7 +455,7 @@ class Traffic:
             return
         for wpid, wmode, rel, bpid, bname, bstate, bquery, bmode in rows:
             role = bname.removeprefix(prefix) if bname.startswith(prefix) else (bname or "?")
-            query = _short(bquery or "", 50)
+            query = short_sql(bquery or "", 50)
             if bstate and bstate.startswith("idle in transaction"):
                 query = f"(idle in transaction; last: {query})"
             self._edges[(wpid, bpid)] = Block(self._kind_by_pid.get(wpid, "app"), role, query,

@@ -26,6 +26,7 @@ from psycopg import sql as pgsql
 
 from .. import statements
 from ..checks import LEARNER_TIMEOUT, Exercise, Incorrect, Notebook
+from ..errors import first_line
 from ..report import Report
 from ..sandbox import Sandbox
 from ..seed import FK_SQL, ORDERS_AFTER, ORDERS_BATCH, SCHEMA_SQL, USERS_AFTER, USERS_BATCH, seed
@@ -247,7 +248,7 @@ def try_migrations(box: Sandbox, migrations: dict[str, str], data: Data = "sandb
                     conn.execute(stmt)
                 error = None
             except psycopg.Error as exc:
-                error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                error = first_line(exc)
             ms = (time.perf_counter() - start) * 1000
             conn.execute("ROLLBACK TO SAVEPOINT candidate")
             out.append(Attempt(name, sql, error is None, error, ms))
@@ -280,7 +281,7 @@ def _run_script(conn: psycopg.Connection, sql: str, what: str) -> None:
         try:
             conn.execute(stmt)
         except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise Incorrect(f"{what} failed: {first}") from None
 
 
@@ -371,7 +372,7 @@ class BatchedBackfill(Exercise):
                 try:
                     backfill_batched(mig, BACKFILL_BATCH)
                 except psycopg.Error as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    first = first_line(exc)
                     raise Incorrect(f"your backfill failed: {first}") from None
             open_tx = mig.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
             if open_tx:
@@ -437,7 +438,7 @@ class LockTimeoutRetry(Exercise):
                                 "cancelled it: set lock_timeout to timeout_ms before running the statement."
                                 ) from None
             except psycopg.Error as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc)
                 raise Incorrect(f"with a lock held all along, your function failed with something other than "
                                 f"LockNotAvailable: {first}") from None
             spent = time.monotonic() - start
@@ -465,7 +466,7 @@ class LockTimeoutRetry(Exercise):
                     try:
                         run_with_lock_timeout(mig, alter, self.timeout_ms, self.retries, self.backoff)
                     except psycopg.Error as exc:
-                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        first = first_line(exc)
                         raise Incorrect(f"the long transaction ended {self.hold_s} s after your first attempt, "
                                         f"yet your function failed: {first}. Retry, with a growing pause, "
                                         f"{self.retries} times.") from None

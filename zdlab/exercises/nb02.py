@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..checks import Exercise, Incorrect, Notebook
+from ..errors import first_line
 from ..migrate import Migration, MigrationError, Migrator
 from ..sandbox import Sandbox
 from ..seed import seed
@@ -240,10 +241,6 @@ def scratch(box: Sandbox, suffix: str, *, demo_rows: int = 0) -> Iterator[Sandbo
     finally:
         with contextlib.suppress(Exception):
             sb.drop()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -559,7 +556,7 @@ class GuardedDrop(Exercise):
             refused = attempt(NO_FAX)
             if refused is not None:
                 raise Incorrect(f"nothing reads fax and the backup is complete, but your function refused: "
-                                f"{_first_line(refused)}")
+                                f"{first_line(refused)}")
             if _has_column(conn, "accounts", "fax"):
                 raise Incorrect("your function returned without error, but accounts.fax is still there.")
             after = fingerprint(conn, "accounts")

@@ -21,6 +21,7 @@ from psycopg.pq import TransactionStatus
 
 from .. import statements
 from ..checks import Exercise, Incorrect, Notebook
+from ..errors import first_line
 from ..report import Report
 from ..sandbox import Sandbox
 from ..seed import seed
@@ -57,7 +58,7 @@ def normalise_steps(steps: Any) -> list[tuple[str, Step]]:
     out: list[tuple[str, Step]] = []
     for i, item in enumerate(items, 1):
         if isinstance(item, str):
-            out += [(_short(sql), sql) for sql in statements.split(item)]
+            out += [(statements.short_sql(sql), sql) for sql in statements.split(item)]
         elif callable(item):
             out.append((f"{getattr(item, '__name__', 'function')}(conn)", item))
         else:
@@ -90,7 +91,7 @@ def run_steps(sb: Sandbox, steps: Any, *, workers: int = WORKERS,
                         step(mig)
                     errors.append(None)
                 except Exception as exc:  # the learner's function: report, never a traceback
-                    first = (str(exc).strip().splitlines() or [""])[0]
+                    first = first_line(exc)
                     errors.append(f"{type(exc).__name__}: {first}")
             if errors[-1]:
                 break
@@ -200,11 +201,6 @@ class StatusColumn(Exercise):
         return (f"users.status is NOT NULL and all {total:,} users match the rule; your {len(errors)} steps "
                 f"took {took:.1f} s under traffic and the longest application stall was {stall:,.0f} ms "
                 f"(limit {STALL_LIMIT_MS:,.0f} ms), with no rewrite and no failed request.")
-
-
-def _short(sql: str, width: int = 60) -> str:
-    flat = " ".join(sql.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 ex = Notebook("03_not_null_column", q1=StatusColumn())
