@@ -19,6 +19,7 @@ import inspect
 import os
 import platform
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from . import config, db, server
 from .errors import ZdlabError
@@ -90,7 +92,7 @@ def bench_pgbench_init(scale: int, steps: str) -> tuple[float, int, str]:
     """``pgbench -i -s scale -I steps`` in a scratch database; (seconds, rows, pgbench's summary)."""
     name = f"zdlab_bench_{uuid.uuid4().hex[:8]}"
     with db.connect(application_name=f"{config.APP_PREFIX}/bench") as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         cmd = [_pg_bin("pgbench"), "-i", "-q", "-s", str(scale), "-I", steps,
                config.with_database(db.database_url(), name)]
@@ -102,12 +104,12 @@ def bench_pgbench_init(scale: int, steps: str) -> tuple[float, int, str]:
         # pgbench's own breakdown, e.g. "done in 9.1 s (drop tables 0.00 s, ...)"
         summary = next((ln for ln in done.stderr.splitlines() if ln.startswith("done in")), "")
         with psycopg.connect(config.with_database(db.database_url(), name), autocommit=True) as conn:
-            rows = sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            rows = sum(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
                        for t in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers"))
         return seconds, rows, summary
     finally:
         with db.connect(application_name=f"{config.APP_PREFIX}/bench") as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 # -- (b) traffic with and without the sampler --------------------------------------------------
@@ -166,24 +168,13 @@ def bench_cold_start() -> dict[str, float]:
     started = False
     try:
         tmp.chmod(0o755)  # the service user must traverse it when we are root
-        data.mkdir(mode=0o700)
-        pwfile = tmp / "pwfile"
-        pwfile.write_text(config.DB_PASSWORD + "\n")
-        if os.geteuid() == 0:
-            user = server._service_user()
-            server._make_reachable(server.bin_dir())
-            os.chown(data, user.pw_uid, user.pw_gid)
-            os.chown(pwfile, user.pw_uid, user.pw_gid)
-        # the same initdb options and settings as server._init(), so the figure is the kit's own
+        secret = secrets.token_urlsafe(18)
+        # the same initdb options and settings as the kit's own server
         t0 = time.perf_counter()
-        server._pg("initdb", "-D", str(data), "-U", config.DB_USER, f"--pwfile={pwfile}",
-                   "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8",
-                   "--no-locale", "--no-instructions")
+        result = server.initdb(data, secret)
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
         t_initdb = time.perf_counter() - t0
-        with open(data / "postgresql.conf", "a") as conf:
-            conf.write("\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                       "max_connections = 200\nshared_buffers = '256MB'\nmax_wal_size = '4GB'\n"
-                       "logging_collector = off\n")
         t1 = time.perf_counter()
         # no -w: pg_ctl polls only every 100 ms; we poll a real connection every 5 ms
         # the log inside the data folder: the service user may write nowhere else here
@@ -192,7 +183,7 @@ def bench_cold_start() -> dict[str, float]:
         if started_pg.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {started_pg.stderr.strip()}")
         started = True
-        url = config.embedded_url(port, "postgres")
+        url = config.embedded_url(port, "postgres", secret)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             try:

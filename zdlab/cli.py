@@ -70,7 +70,8 @@ def _reset(args: argparse.Namespace) -> int:
             raise ZdlabError("--server deletes the embedded server's data; DATABASE_URL is set, so "
                              "there is none to delete. Run `zdlab reset` without --server.")
         server.stop()
-        shutil.rmtree(config.state_dir() / "pgdata", ignore_errors=True)
+        shutil.rmtree(server.pgdata(), ignore_errors=True)
+        config.password_file().unlink(missing_ok=True)
         print("embedded server stopped and its data deleted; `zdlab db start` makes a new one")
         return 0
     with db.connect(application_name=f"{config.APP_PREFIX}/reset") as conn:

@@ -12,12 +12,11 @@ import re
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .errors import BadInput
+from .errors import BadInput, ZdlabError
 
 DEFAULT_PORT = 54320  # not 5432: a local PostgreSQL often holds that one
 DB_NAME = "workshop"
 DB_USER = "postgres"
-DB_PASSWORD = "workshop"  # the embedded server listens on 127.0.0.1 only
 APP_PREFIX = "zdlab"  # every connection we open is tagged application_name=zdlab/...
 
 
@@ -32,8 +31,35 @@ def home() -> Path:
 
 
 def state_dir() -> Path:
-    """Git-ignored folder for the embedded server's data and log."""
+    """Git-ignored folder for the embedded server's data, log and password.
+
+    ``ZDLAB_STATE_DIR`` moves it: `make test-matrix` keeps a second server (PostgreSQL 15)
+    beside the default one that way.
+    """
+    if os.environ.get("ZDLAB_STATE_DIR"):
+        return Path(os.environ["ZDLAB_STATE_DIR"]).expanduser().resolve()
     return home() / ".zdlab"
+
+
+def password_file() -> Path:
+    return state_dir() / "password"
+
+
+def embedded_password() -> str:
+    """The embedded server's password, made at random when its data folder was created.
+
+    Random, not a fixed word: the server listens on 127.0.0.1, which every local user of a
+    shared machine can reach. The file is readable by its owner only and never committed.
+    """
+    try:
+        return password_file().read_text().strip()
+    except FileNotFoundError:
+        raise ZdlabError(
+            f"The embedded server's password file {password_file()} is missing (it is written when "
+            f"the server's data folder is created). `zdlab reset --server` makes a new server with a "
+            f"new password (the workshop data in it is lost), or set DATABASE_URL to use a server of "
+            f"your own."
+        ) from None
 
 
 def port() -> int:
@@ -88,9 +114,10 @@ def external_url() -> str | None:
     return url or None
 
 
-def embedded_url(port_number: int | None = None, database: str = DB_NAME) -> str:
+def embedded_url(port_number: int | None = None, database: str = DB_NAME, password: str | None = None) -> str:
     p = port_number if port_number is not None else port()
-    return f"postgresql://{DB_USER}:{quote(DB_PASSWORD)}@127.0.0.1:{p}/{database}"
+    secret = password if password is not None else embedded_password()
+    return f"postgresql://{DB_USER}:{quote(secret, safe='')}@127.0.0.1:{p}/{database}"
 
 
 def with_database(url: str, database: str) -> str:

@@ -4,6 +4,7 @@ server that is down, a wrong URL or a wrong password all give one clear paragrap
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 
 from . import config, server
 from .errors import ZdlabError
@@ -77,7 +78,7 @@ def _ensure_database(base_url: str, database: str) -> None:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
             return
         try:
-            conn.execute(f'CREATE DATABASE "{database}"')
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
         except psycopg.errors.DuplicateDatabase:
             pass  # another kernel of the same learner created it a moment ago
         except psycopg.errors.UniqueViolation:

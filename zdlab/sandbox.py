@@ -11,6 +11,7 @@ import re
 from typing import TYPE_CHECKING
 
 import psycopg
+from psycopg import sql
 
 from . import config, db
 from .errors import ZdlabError
@@ -70,8 +71,8 @@ class Sandbox:
             self.end_sessions(conn)
             conn.execute("SET lock_timeout = '10s'")
             try:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-                conn.execute(f'CREATE SCHEMA "{self.schema}"')
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
             except psycopg.errors.LockNotAvailable:
                 raise ZdlabError(
                     f"Could not reset schema {self.schema}: another session holds a lock on it "
@@ -82,7 +83,7 @@ class Sandbox:
     def drop(self) -> None:
         with self.connect("admin") as conn:
             self.end_sessions(conn)
-            conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
 
     def __enter__(self) -> Sandbox:
         return self

