@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.zdlab-installed
 # JupySQL sends usage telemetry by default; never from this kit.
 export PLOOMBER_STATS_ENABLED := false
 
-.PHONY: lab test setup db notebooks lint bench doctor reset stop clean
+.PHONY: lab test test-pg15 test-matrix docker-env setup db notebooks lint bench doctor reset stop clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -31,6 +31,17 @@ lab: db
 test: db
 	$(PY) -m pytest
 
+# The same suite against Debian's PostgreSQL 15 (installed when missing, as root), used through
+# DATABASE_URL as a server of one's own would be; its server is stopped afterwards.
+test-pg15: setup
+	@$(PY) tools/pg15.py start >/dev/null
+	@status=0; DATABASE_URL="$$($(PY) tools/pg15.py url)" $(PY) -m pytest || status=$$?; \
+	  $(PY) tools/pg15.py stop; exit $$status
+
+# Both versions: the embedded PostgreSQL 18, then 15. -k: the second runs even if the first fails.
+test-matrix:
+	@$(MAKE) -k test test-pg15
+
 notebooks: setup
 	$(PY) tools/make_notebooks.py
 
@@ -50,6 +61,12 @@ reset: setup
 
 stop: setup
 	$(PY) -m zdlab db stop
+
+# The Docker path's .env from .env.example, with a random database password; never overwrites.
+docker-env:
+	@if [ -e .env ]; then echo ".env exists; edit it by hand (see .env.example)"; else \
+	  sed "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')/" .env.example > .env && \
+	  chmod 600 .env && echo "wrote .env with a random POSTGRES_PASSWORD; now: docker compose up"; fi
 
 clean: stop
 	rm -rf .zdlab

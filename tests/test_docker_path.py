@@ -58,9 +58,13 @@ def _compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
 def _defaults(value: str) -> str:
-    """Interpolate compose `${VAR:-default}` / `${VAR-default}` / `${VAR}` as with an empty environment."""
-    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
+    """Interpolate compose `${VAR:-default}` / `${VAR-default}` / `${VAR}` as with an empty
+    environment; a required `${VAR:?message}` becomes empty."""
+    return INTERPOLATION.sub(lambda m: m.group(3) if m.group(2) in ("-", ":-") else "", str(value))
 
 
 def _env(service: dict) -> dict[str, str]:
@@ -172,8 +176,7 @@ def test_db_service_is_postgres_18_with_healthcheck_and_named_volume():
     db = compose["services"]["db"]
     assert db["image"] == "postgres:18"
     env = _env(db)
-    assert (env.get("POSTGRES_USER", "postgres"), env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == \
-        ("postgres", "workshop", "workshop")
+    assert (env.get("POSTGRES_USER", "postgres"), env["POSTGRES_DB"]) == ("postgres", "workshop")
     test = db["healthcheck"]["test"]
     assert "pg_isready" in (" ".join(test) if isinstance(test, list) else test)
     # A named volume (declared at top level), mounted where postgres:18 keeps its data.
@@ -205,7 +208,9 @@ def test_lab_service_runs_the_image_against_db_as_a_non_root_user():
     env = _env(lab)
     url = urlsplit(env["DATABASE_URL"])
     assert (url.hostname, url.port, url.username, url.password, url.path) == \
-        ("db", 5432, "postgres", "workshop", "/workshop"), "the lab reaches the db service by name"
+        ("db", 5432, "postgres", None, "/workshop"), "the lab reaches the db service by name"
+    # The password reaches libpq as PGPASSWORD, from the same .env variable the db service uses.
+    assert lab["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     assert lab["depends_on"]["db"]["condition"] == "service_healthy"
     assert env["PLOOMBER_STATS_ENABLED"] == "false"
     assert _published(lab["ports"][0])[1:] == ("8888", "8888")
@@ -219,6 +224,56 @@ def test_lab_service_runs_the_image_against_db_as_a_non_root_user():
     assert ["./notebooks", "/home/jovyan/work/notebooks"] in mounts
 
 
+def test_no_secret_is_committed_only_required_variables_from_env():
+    """Passwords and tokens come from .env (git-ignored, kept out of the image), never from a
+    value or a default in the compose file; .env.example documents every variable compose reads."""
+    text = COMPOSE.read_text()
+    for name, svc in _compose()["services"].items():
+        for key, raw in (svc.get("environment") or {}).items():
+            if re.search("PASSWORD|SECRET|TOKEN", key):
+                match = INTERPOLATION.fullmatch(str(raw))
+                assert match, f"{name}: {key} is a literal value, not taken from .env"
+                # A password is required (compose stops, saying what to do); a token may be empty.
+                assert match.group(2) == (":?" if "PASSWORD" in key else ":-") and not (
+                    match.group(2) == ":-" and match.group(3)), f"{name}: {key}={raw} has a default"
+        for url in [v for k, v in (svc.get("environment") or {}).items() if k.endswith("_URL")]:
+            assert urlsplit(_defaults(url)).password is None, f"{name}: a password inside {url}"
+    assert re.search(r"(?m)^\.env$", (REPO / ".gitignore").read_text()), ".env must be git-ignored"
+    assert re.search(r"(?m)^\.env$", DOCKERIGNORE.read_text()), ".env must stay out of the image"
+    example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert {m[0] for m in INTERPOLATION.findall(text)} <= set(example), \
+        "every variable docker-compose.yml reads is listed in .env.example"
+    assert example["POSTGRES_PASSWORD"] == "" and example["JUPYTER_TOKEN"] == "", ".env.example holds no secret"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert ".env" not in tracked
+
+
+def test_make_docker_env_writes_a_random_password_and_never_overwrites(tmp_path):
+    for name in ("Makefile", ".env.example"):
+        shutil.copy(REPO / name, tmp_path / name)
+    passwords = []
+    for _ in range(2):
+        (tmp_path / ".env").unlink(missing_ok=True)
+        out = subprocess.run(["make", "-s", "docker-env"], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        env = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines()
+                   if line and not line.startswith("#"))
+        passwords.append(env["POSTGRES_PASSWORD"])
+        assert re.fullmatch(r"[0-9a-f]{32}", passwords[-1]), passwords[-1]
+        assert (tmp_path / ".env").stat().st_mode & 0o077 == 0, ".env is readable by its owner only"
+    assert passwords[0] != passwords[1]
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=mine\n")
+    out = subprocess.run(["make", "-s", "docker-env"], cwd=tmp_path, capture_output=True, text=True)
+    assert (tmp_path / ".env").read_text() == "POSTGRES_PASSWORD=mine\n" and "exists" in out.stdout
+
+
+def test_every_service_runs_as_a_non_root_user():
+    for name, svc in _compose()["services"].items():
+        user = _defaults(svc.get("user", "")).split(":")[0]
+        assert user and user not in ("0", "root"), f"{name} runs as {svc.get('user')!r} (root by default)"
+
+
 def test_no_file_of_the_docker_path_disables_the_jupyter_token():
     compose = _compose()
     for name, svc in compose["services"].items():
@@ -230,9 +285,15 @@ def test_no_file_of_the_docker_path_disables_the_jupyter_token():
         assert "token" not in command.lower(), f"{name} overrides the token on its command line"
     disabling = re.compile(r"token\s*=\s*(''|\"\"|\s|$)|disable_check_xsrf|allow_unauthenticated_access\s*=\s*true"
                            r"|password_required\s*=\s*false", re.IGNORECASE | re.MULTILINE)
-    for path in (COMPOSE, DOCKERFILE, ENTRYPOINT):
+    # Every file that starts or configures a lab: the Docker path, the kit, the tools, the hub
+    # deployments, the Makefile (the tests themselves may name the patterns they look for).
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    paths = [REPO / f for f in tracked if not f.startswith(("tests/", "docs/")) and
+             (f.endswith((".py", ".sh", ".yml", ".yaml", ".toml", ".cfg")) or Path(f).name in ("Makefile", "Dockerfile"))]
+    assert {COMPOSE, DOCKERFILE, ENTRYPOINT, REPO / "zdlab" / "cli.py"} <= set(paths)
+    for path in paths:
         found = disabling.search(path.read_text())
-        assert not found, f"{path.name} disables authentication: {found.group(0)!r}"
+        assert not found, f"{path.relative_to(REPO)} disables authentication: {found.group(0)!r}"
 
 
 # --- Dockerfile --------------------------------------------------------------------------
