@@ -288,8 +288,9 @@ def test_no_file_of_the_docker_path_disables_the_jupyter_token():
     # Every file that starts or configures a lab: the Docker path, the kit, the tools, the hub
     # deployments, the Makefile (the tests themselves may name the patterns they look for).
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    config_like = (".py", ".sh", ".yml", ".yaml", ".toml", ".cfg")
     paths = [REPO / f for f in tracked if not f.startswith(("tests/", "docs/")) and
-             (f.endswith((".py", ".sh", ".yml", ".yaml", ".toml", ".cfg")) or Path(f).name in ("Makefile", "Dockerfile"))]
+             (f.endswith(config_like) or Path(f).name in ("Makefile", "Dockerfile"))]
     assert {COMPOSE, DOCKERFILE, ENTRYPOINT, REPO / "zdlab" / "cli.py"} <= set(paths)
     for path in paths:
         found = disabling.search(path.read_text())
