@@ -71,7 +71,8 @@ def time_notebook(path: Path, timeout: int = 600, save: Path | None = None) -> N
     try:
         client.execute()
     except Exception as exc:  # report it with the timings instead of losing them
-        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        error = _failed_cell(nb) or \
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
     total = time.perf_counter() - start
     if save is not None:  # the executed copy, outputs included: what a facilitator will see
         save.mkdir(parents=True, exist_ok=True)
@@ -87,13 +88,25 @@ def time_notebook(path: Path, timeout: int = 600, save: Path | None = None) -> N
     return NotebookTime(path.stem, total, cells, error)
 
 
-def _drop_learner_database() -> None:
+def _failed_cell(nb: nbformat.NotebookNode) -> str | None:
+    """'cell 12 (`%sql ALTER TABLE ...`): UndefinedTable: ...' for the cell that raised, if any."""
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+                return f"cell {i} (`{first[:70]}`): {out.get('ename')}: {out.get('evalue', '').strip()[:500]}"
+    return None
+
+
+def drop_learner_database() -> None:
     """Drop the private database the run used (FORCE: a kernel that hung may still be in it)."""
+    from psycopg import sql
+
     from zdlab import config, db, server
 
     name = config.learner_database(config.learner())
     with db.connect_url(server.url(), application_name=f"{config.APP_PREFIX}/admin") as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(r.seconds for r in results)
     print(f"\ntotal {total:.1f} s; load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.learner and not args.keep:
-        _drop_learner_database()
+        drop_learner_database()
     if args.json:
         args.json.write_text(json.dumps({
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "cpus": os.cpu_count(),

@@ -6,7 +6,11 @@ a. seed throughput (users + orders rows per second, indexes, constraints and VAC
    included) next to ``pgbench -i`` at a scale with about as many rows, in a scratch database;
 b. the traffic generator's request rate with and without its lock-wait sampler;
 c. cold start of an embedded server: initdb + start until it accepts a connection
-   (only without DATABASE_URL: it needs the embedded binaries).
+   (only without DATABASE_URL: it needs the embedded binaries);
+d. the downtime meter on reference migrations, an unsafe one beside its safe recipe, on the
+   same seeded table: what `zdlab measure` reports for each (stall, lock wait, latency);
+e. each solution notebook's run time (tools/time_notebooks.py, in a database of its own);
+f. the whole test suite's run time (`python -m pytest`), as `make test` runs it.
 
 Nothing here is a fixed expectation: whatever is measured is printed.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import os
 import platform
 import re
@@ -33,6 +38,7 @@ from psycopg import sql
 
 from . import config, db, server
 from .errors import ZdlabError
+from .measure import measure
 from .sandbox import Sandbox
 from .seed import seed
 
@@ -217,12 +223,66 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# -- (d) the meter, (e) notebooks, (f) suite -------------------------------------------------
+
+# (what, the unsafe statement, its safe recipe): each pair touches the same seeded table.
+METER_PAIRS = (
+    ("ADD COLUMN with a volatile default (rewrite) vs a constant one (catalog only)",
+     "ALTER TABLE users ADD COLUMN bench_at timestamptz DEFAULT clock_timestamp()",
+     "ALTER TABLE users ADD COLUMN bench_flag boolean DEFAULT false"),
+    ("CREATE INDEX vs CREATE INDEX CONCURRENTLY",
+     "CREATE INDEX bench_plain ON orders (created_at)",
+     "CREATE INDEX CONCURRENTLY bench_concurrent ON orders (created_at)"),
+)
+
+
+def _meter_line(rep: object) -> str:
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.0f} ms"
+
+    took = sum(st.get("duration_ms") or 0 for st in rep.statements)
+    return (f"statement {ms(took)}, longest stall {ms(rep.longest_stall_ms)}, lock wait {ms(rep.lock_wait_ms)}, "
+            f"max latency {ms(rep.max_latency_ms)}, {rep.requests:,} requests ({rep.failed_requests} failed), "
+            f"sampled every {ms(rep.sample_interval_ms)}")
+
+
+def bench_notebooks() -> list[str]:
+    """Each solution notebook's wall time, from tools/time_notebooks.py's JSON."""
+    script = config.home() / "tools" / "time_notebooks.py"
+    if not script.exists():
+        return ["skipped: tools/time_notebooks.py is not in this checkout"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "times.json"
+        done = subprocess.run([sys.executable, str(script), "--learner", "bench", "--json", str(out)],
+                              capture_output=True, text=True, timeout=3600)
+        if not out.exists():
+            return [f"failed: {(done.stderr or done.stdout).strip()[-400:]}"]
+        books = json.loads(out.read_text())["notebooks"]
+    lines = [f"{b['name']:<24} {b['seconds']:6.1f} s  {'ok' if b['error'] is None else 'FAILED: ' + b['error']}"
+             for b in books]
+    return lines + [f"{'total':<24} {sum(b['seconds'] for b in books):6.1f} s"]
+
+
+def bench_suite() -> str:
+    """Wall time and outcome of the whole suite, run as `make test` runs it."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=config.home(),
+                          capture_output=True, text=True, timeout=7200)
+    seconds = time.perf_counter() - start
+    # pytest -q ends with e.g. "520 passed, 3 skipped in 380.12s (0:06:20)"
+    summary = next((ln.strip("= ") for ln in reversed(done.stdout.splitlines())
+                    if re.search(r"\d+ (passed|failed|error)", ln)), f"no summary, exit {done.returncode}")
+    return f"{seconds:.0f} s ({seconds / 60:.1f} min): {summary}"
+
+
 # -- main --------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zdlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="users to seed (as many orders)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each bulk load; the best is compared")
+    parser.add_argument("--no-notebooks", action="store_true", help="skip (e), the notebooks' run times")
+    parser.add_argument("--no-suite", action="store_true", help="skip (f), the test suite's run time")
     args = parser.parse_args(argv)
     if not config.external_url():
         server.start()
@@ -308,6 +368,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  initdb {cold['initdb']:.2f} s + start until a connection succeeds {cold['start']:.2f} s "
               f"= {cold['total']:.2f} s")
     print()
+
+    print(f"(d) the downtime meter: zdlab.measure on {args.rows:,} users + orders, 4 workers", flush=True)
+    for label, unsafe, safe in METER_PAIRS:
+        reports = [(stmt, measure(stmt, rows=args.rows, progress=False, sandbox_name="bench_meter"))
+                   for stmt in (unsafe, safe)]
+        print(f"  {label}")
+        for stmt, rep in reports:
+            print(f"    {rep.verdict:<8} {_meter_line(rep)}  <- {stmt}")
+        stalls = [rep.longest_stall_ms or 0.0 for _, rep in reports]
+        if stalls[1] > 0:
+            print(f"    longest stall, unsafe / safe: {stalls[0] / stalls[1]:.0f}x")
+    print()
+
+    if not args.no_notebooks:
+        print("(e) solution notebooks, top to bottom in a fresh kernel each (tools/time_notebooks.py)", flush=True)
+        for line in bench_notebooks():
+            print(f"  {line}")
+        print()
+    if not args.no_suite:
+        print("(f) the whole test suite, `python -m pytest -q` (what `make test` runs)", flush=True)
+        print(f"  {bench_suite()}")
+        print()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"bench took {time.perf_counter() - wall:.0f} s; load average at the end {load}")
     return 0
