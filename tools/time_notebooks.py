@@ -99,14 +99,10 @@ def _failed_cell(nb: nbformat.NotebookNode) -> str | None:
 
 
 def drop_learner_database() -> None:
-    """Drop the private database the run used (FORCE: a kernel that hung may still be in it)."""
-    from psycopg import sql
+    """Drop the private database the run used."""
+    from zdlab import config, db
 
-    from zdlab import config, db, server
-
-    name = config.learner_database(config.learner())
-    with db.connect_url(server.url(), application_name=f"{config.APP_PREFIX}/admin") as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    db.drop_learner_database(config.learner())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,17 +36,19 @@ How it fits together:
 from __future__ import annotations
 
 import html
+import inspect
 import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import psycopg
 
-from . import config
+from . import config, statements
 from .errors import ZdlabError, first_line
 from .sandbox import Sandbox
 
@@ -131,10 +133,67 @@ def is_placeholder(value: Any) -> bool:
     return isinstance(value, str) and (not value.strip() or "YOUR CODE HERE" in value)
 
 
+def describe(value: Any) -> str:
+    """A wrong answer as a message shows it: ``int 42``, ``function f``, ``list of 2 items``."""
+    if callable(value):
+        return f"function {getattr(value, '__name__', type(value).__name__)}"
+    if isinstance(value, list | tuple | dict | set):
+        return f"{type(value).__name__} of {len(value)} item(s)"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def need_sql(name: str, value: Any, what: str = "SQL statements") -> list[str]:
+    """The statements of an answer that must be SQL text, or ``Incorrect`` naming the variable."""
+    if not isinstance(value, str):
+        raise Incorrect(f"{name} should be a string of {what}, not {describe(value)}.")
+    stmts = statements.split(value)
+    if not stmts:
+        raise Incorrect(f"{name} holds no SQL statement (only comments?): write {what}.")
+    return stmts
+
+
+def need_function(name: str, value: Any, params: str) -> Callable[..., Any]:
+    """An answer that must be a function the checker calls with ``params`` (e.g. ``"conn, batch_size"``;
+    keyword-only ones after ``*``): a clear ``Incorrect`` before anything runs, not a TypeError later."""
+    if not callable(value):
+        raise Incorrect(f"{name} should be your function taking ({params}), not {describe(value)}.")
+    positional, _, keywords = params.partition("*")
+    args = [p.strip() for p in positional.split(",") if p.strip()]
+    kwargs = {k.strip(): None for k in keywords.split(",") if k.strip()}
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to compare, it is called as is
+        return value
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        shown = getattr(value, "__name__", "it")
+        raise Incorrect(f"{name} should be your function taking ({params}); yours is {shown}{signature}, "
+                        f"which cannot be called that way ({exc}).") from None
+    return value
+
+
+def call_learner(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the learner's function; an exception of its own (not a database error, which the caller
+    judges) becomes ``Incorrect`` instead of "the checker failed"."""
+    try:
+        return fn(*args, **kwargs)
+    except psycopg.Error:
+        raise
+    except Exception as exc:
+        raise Incorrect(f"{what} raised {type(exc).__name__}: {first_line(exc)}. Run it on its own in a cell "
+                        f"to see the traceback, fix it, then check again.") from None
+
+
+def limit_learner_time(conn: psycopg.Connection) -> None:
+    """SET LOCAL statement_timeout = LEARNER_TIMEOUT (set_config: SET takes no query parameter)."""
+    conn.execute("SELECT set_config('statement_timeout', %s, true)", [LEARNER_TIMEOUT])
+
+
 def run_learner_sql(conn: psycopg.Connection, sql: Any) -> tuple[list[str], list[tuple]]:
     """Run the learner's query; return (column names, rows). A failure becomes ``Incorrect``."""
     if not isinstance(sql, str):
-        raise Incorrect(f"the answer should be a string holding one SQL query, not {type(sql).__name__}.")
+        raise Incorrect(f"the answer should be a string holding one SQL query, not {describe(sql)}.")
     try:
         cur = conn.execute(sql)
     except psycopg.Error as exc:
@@ -298,11 +357,12 @@ class SandboxSessions(Exercise):
     )
 
     def grade(self, box: Sandbox, answer_sql: str) -> str:
+        need_sql("answer_sql", answer_sql, "SQL (one SELECT query)")
         prefix = f"{config.APP_PREFIX}/{box.schema}/"
         with box.connect("check", autocommit=False) as conn:
             # One transaction: pg_stat_activity is snapshotted at its first read in a transaction,
             # so the learner's query and ours see the same sessions. Rolled back: nothing persists.
-            conn.execute(f"SET LOCAL statement_timeout = '{LEARNER_TIMEOUT}'")
+            limit_learner_time(conn)
             columns, rows = run_learner_sql(conn, answer_sql)
             truth = conn.execute("SELECT pid, application_name FROM pg_stat_activity "
                                  "WHERE datname = current_database() AND starts_with(application_name, %s)",

@@ -87,9 +87,24 @@ def _inputs(args: argparse.Namespace) -> tuple[str, str | None]:
     """The migration file's SQL and the optional setup file's, or BadInput (exit 2)."""
     from . import statements
 
+    if args.rows < 1:
+        raise BadInput(f"--rows must be at least 1 (users and orders to seed), not {args.rows}.")
+
     sql = statements.read_file(args.file)
     setup = statements.read_file(args.setup) if args.setup else None
     return sql, setup
+
+
+def _failed_next_step(args: argparse.Namespace, failed: list[tuple[int, str]]) -> str | None:
+    """One line after a run whose statement failed: which one, and what to do about it."""
+    if not failed:
+        return None
+    number, error = failed[0]
+    hint = ""
+    if "does not exist" in error and "relation" in error:  # the sandbox has only the seeded tables
+        hint = (" The sandbox holds only the seeded tables users and orders: create your own tables "
+                "with --setup FILE.")
+    return f"next step: statement {number} of {args.file} failed; fix it and run `zdlab {args.command}` again.{hint}"
 
 
 def _scratch_sandbox(kind: str) -> str:
@@ -102,15 +117,17 @@ def _measure(args: argparse.Namespace) -> int:
 
     from .measure import measure
 
-    if args.rows < 1:
-        raise BadInput("--rows must be at least 1.")
     sql, setup = _inputs(args)
     report = measure(sql, rows=args.rows, threshold_ms=args.threshold_ms, setup_sql=setup,
                      workers=args.workers, sandbox_name=_scratch_sandbox("measure"), progress=False)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
-    else:
-        print(report)
+        return 0
+    print(report)
+    failed = [(i, s["error"]) for i, s in enumerate(report.statements, 1) if s["error"]]
+    step = _failed_next_step(args, failed)
+    if step:
+        print(step)
     return 0
 
 
@@ -142,13 +159,16 @@ def _locks(args: argparse.Namespace) -> int:
             print(f"    {lock['mode']:<26} on {lock['relation']}")
         if r.status == "ok" and not r.locks and not r.error:
             print("    no table lock")
+    step = _failed_next_step(args, [(i, r.error) for i, r in enumerate(results, 1) if r.error])
+    if step:
+        print(step)
     return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from . import doctor
 
-    return doctor.run()
+    return doctor.run(fix=args.fix)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=_locks)
 
-    p = sub.add_parser("doctor", help="check the environment, with a fix for each problem")
+    p = sub.add_parser("doctor", help="check the environment, with a fix for each problem",
+                       description="Check the environment (Python, packages, the server, the database, the "
+                                   "%sql magic, disk) and what a crash left in your database: stray sessions "
+                                   "of a killed kernel, invalid indexes of a cancelled CREATE INDEX "
+                                   "CONCURRENTLY, half-seeded tables. Exit 1 if any check fails.")
+    p.add_argument("--fix", action="store_true",
+                   help="first end the stray sessions, drop the invalid indexes and the half-seeded tables "
+                        "(in your database only), and say what was done")
     p.set_defaults(func=_doctor)
 
     p = sub.add_parser("reset", help="drop every sandbox schema and end its sessions")

@@ -122,12 +122,17 @@ def embedded_url(port_number: int | None = None, database: str = DB_NAME, passwo
 
 def with_database(url: str, database: str) -> str:
     """The same server URL with another database name."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 host: the same message as connect_url's
+        raise ZdlabError(f"The connection URL {redact(url)!r} is not valid: {exc}. It should look like "
+                         f"postgresql://user:password@host:5432/dbname.") from None
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(database), parts.query, ""))
 
 
 def redact(url: str) -> str:
-    """The URL with its password hidden, for messages."""
+    """The URL (or key=value connection string) with its password hidden, for messages."""
+    url = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1***", url)
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 

@@ -7,7 +7,7 @@ import psycopg
 from psycopg import sql
 
 from . import config, server
-from .errors import ZdlabError
+from .errors import ZdlabError, first_line
 
 CONNECT_TIMEOUT_S = 5
 
@@ -20,7 +20,7 @@ def explain_connect_error(url: str, exc: Exception) -> ZdlabError:
     using = ("DATABASE_URL" if config.external_url() else "the embedded server (`make lab` or `zdlab db start`)")
     if "password authentication failed" in low or "no password supplied" in low:
         what = ("The server rejected the user name or password. Check the user and password in "
-                "DATABASE_URL (the Docker path uses postgres/workshop), or unset DATABASE_URL to use "
+                "DATABASE_URL (the Docker path's is POSTGRES_PASSWORD in .env), or unset DATABASE_URL to use "
                 "the embedded server.")
     elif "does not exist" in low and "database" in low:
         what = ("The server is up but that database does not exist. Create it (`createdb`), fix the "
@@ -28,16 +28,20 @@ def explain_connect_error(url: str, exc: Exception) -> ZdlabError:
     elif "could not translate host name" in low or "name or service not known" in low:
         what = ("That host name does not resolve. Outside Docker use 127.0.0.1 or localhost; inside "
                 "the compose network the server is called `db`.")
+    elif ("invalid response to ssl negotiation" in low or "server closed the connection unexpectedly" in low
+          or "expected authentication request" in low):
+        what = ("Something answers on that port, but it is not PostgreSQL. Check the port in the URL "
+                f"(PostgreSQL's usual one is 5432, the embedded server's {config.DEFAULT_PORT}) of {using}.")
     elif "connection refused" in low or "no such file or directory" in low:
         what = (f"Nothing is listening there: the server is down or on another port. Start it with "
                 f"`make lab` or `zdlab db start`, or check the host and port of {using}.")
-    elif "invalid" in low and ("option" in low or "uri" in low or "conninfo" in low):
+    elif "invalid" in low and ("option" in low or "uri" in low or "conninfo" in low or "port" in low):
         what = "The URL is not valid; it should look like postgresql://user:password@host:5432/dbname."
     elif "timeout" in low or "timed out" in low:
         what = "The server did not answer in time. Check the host and port, and any firewall between."
     else:
         what = f"Check that the server runs and that the URL is right ({using})."
-    first = text.splitlines()[-1] if text else type(exc).__name__
+    first = config.redact(text.splitlines()[-1]) if text else type(exc).__name__
     return ZdlabError(f"Could not connect to PostgreSQL at {shown}: {first} {what}")
 
 
@@ -51,8 +55,10 @@ def connect_url(url: str, *, autocommit: bool = True, application_name: str | No
     except psycopg.OperationalError as exc:
         raise explain_connect_error(url, exc) from None
     except psycopg.ProgrammingError as exc:  # a malformed URL
-        raise ZdlabError(f"The connection URL {config.redact(url)} is not valid: {exc}. "
-                         f"It should look like postgresql://user:password@host:5432/dbname.") from None
+        # One paragraph: libpq's message ends in a newline, and may quote the URL, password and all.
+        raise ZdlabError(f"The connection URL {config.redact(url)!r} is not valid: "
+                         f"{config.redact(first_line(exc)).rstrip('.')}. It should look like "
+                         f"postgresql://user:password@host:5432/dbname.") from None
 
 
 _ensured: set[str] = set()
@@ -107,3 +113,14 @@ def connect(*, autocommit: bool = True, application_name: str | None = None,
 
 def server_version_num(conn: psycopg.Connection) -> int:
     return int(conn.execute("SHOW server_version_num").fetchone()[0])
+
+
+def drop_learner_database(learner: str, base_url: str | None = None) -> None:
+    """Drop ``zdlab_<learner>`` (tools and tests that ran in a database of their own clean up).
+
+    FORCE ends the sessions still in it, such as a kernel that hung.
+    """
+    name = config.learner_database(learner)
+    with connect_url(base_url or server.url(), application_name=f"{config.APP_PREFIX}/admin") as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    _ensured.discard(config.with_database(base_url or server.url(), name))

@@ -42,12 +42,14 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import psycopg
 import psycopg.sql
 
+from .errors import BadInput
 from .sandbox import Sandbox
-from .statements import is_begin, is_end, split
+from .statements import is_begin, is_end, migration_text, split
 
 Lock = dict[str, str]
 
@@ -154,9 +156,11 @@ def _message(exc: BaseException) -> str:
     return primary or str(exc).strip().splitlines()[0]
 
 
-def locks_taken(sb: Sandbox, sql: str, *, lock_timeout: str = "5s",
+def locks_taken(sb: Sandbox, sql: str | Path, *, lock_timeout: str = "5s",
                 timeout: float = DEFAULT_TIMEOUT_S) -> list[StatementLocks]:
-    """For each statement of ``sql``, the table locks it takes; nothing is committed.
+    """For each statement of ``sql`` (SQL text, or a ``Path`` to a .sql file), the table locks it
+    takes; nothing is committed. Input that is no SQL at all raises ``BadInput``; a statement
+    that fails is a result (``status="error"``), not an exception.
 
     ``lock_timeout`` bounds each wait for a lock held by someone else (a DDL queued behind a
     live transaction would otherwise block the application meanwhile); ``timeout`` bounds each
@@ -164,6 +168,10 @@ def locks_taken(sb: Sandbox, sql: str, *, lock_timeout: str = "5s",
     only ShareUpdateExclusiveLock, which queues no application query, and their legitimate
     wait for every older transaction in the database would trip it.
     """
+    if not isinstance(sb, Sandbox):  # a common slip: locks_taken(sql) or the sandbox's name
+        raise BadInput(f"locks_taken(sb, sql): sb should be a sandbox (sb = zdlab.sandbox(\"name\")), "
+                       f"not {type(sb).__name__}.")
+    sql = migration_text(sql)
     results: list[StatementLocks] = []
     replay: list[str] = []      # transactional form of the statements done so far
     probes: list[tuple[int, set[tuple[str, str]]]] = []   # (index, locks held before it)
@@ -362,7 +370,7 @@ def _undo_indexes(conn: psycopg.Connection, before: dict, schema: str, names: di
     for (nsp, name), (_, table, table_nsp) in after.items():
         if (nsp, name) not in before and ours(table_nsp, table):
             try:
-                conn.execute(f'DROP INDEX IF EXISTS "{nsp}"."{name}"')
+                conn.execute(psycopg.sql.SQL("DROP INDEX IF EXISTS {}").format(psycopg.sql.Identifier(nsp, name)))
             except psycopg.Error as exc:
                 problems.append(f"could not drop index {nsp}.{name}: {_message(exc)}")
     for (nsp, name), (definition, table, table_nsp) in before.items():

@@ -11,8 +11,10 @@ lock for longer than ``threshold_ms`` in one stretch, otherwise ``safe``.
 from __future__ import annotations
 
 import contextlib
+import operator
 import sys
 import time
+from pathlib import Path
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -29,17 +31,28 @@ WARMUP_PER_KIND = 6  # psycopg prepares after 5 runs; the prepared-statement tra
 WARMUP_TIMEOUT_S = 10.0
 
 
-def measure(sql: str, rows: int = 100_000, *, threshold_ms: float = 200, workers: int = 4,
-            setup_sql: str | None = None, select_star: bool = False, sandbox_name: str = "measure",
+def measure(sql: str | Path, rows: int = 100_000, *, threshold_ms: float = 200, workers: int = 4,
+            setup_sql: str | Path | None = None, select_star: bool = False, sandbox_name: str = "measure",
             keep: bool = False, progress: bool | None = None) -> Report:
-    """Measure ``sql`` in a fresh sandbox seeded with ``rows`` users and orders.
+    """Measure ``sql`` (SQL text, or a ``Path`` to a .sql file) in a fresh sandbox seeded with ``rows``
+    users and orders.
 
     ``setup_sql`` runs before traffic starts (a team's own tables). The sandbox is dropped
     afterwards, even on error, unless ``keep=True``. Statement errors never raise: they
-    make the verdict ``failed``.
+    make the verdict ``failed``. Input that is no SQL at all raises ``BadInput`` before anything
+    is seeded.
     """
-    if not statements.split(sql):
-        raise BadInput("The migration holds no SQL statement (empty or only comments): nothing to measure.")
+    sql = statements.migration_text(sql)
+    if setup_sql is not None:
+        setup_sql = statements.migration_text(setup_sql, "setup_sql")
+    try:
+        count = operator.index(rows)  # a whole number (numpy's too); 2.5 or "1000" is not
+    except TypeError:
+        count = 0
+    if count < 1:
+        raise BadInput(f"rows should be a whole number of users to seed, at least 1 (for example "
+                       f"rows=100_000), not {rows!r}.")
+    rows = count
     sb = Sandbox(sandbox_name)
     ok = False
     try:
@@ -63,7 +76,7 @@ def measure(sql: str, rows: int = 100_000, *, threshold_ms: float = 200, workers
 def measure_in(sb: Sandbox, sql: str, *, threshold_ms: float = 200, workers: int = 4,
                select_star: bool = False, rows: int | None = None, settle_s: float = SETTLE_S) -> Report:
     """Measure ``sql`` on an already seeded sandbox (the tables it changes stay changed)."""
-    stmts = statements.split(sql)
+    stmts = statements.split(statements.migration_text(sql))
     failed = False
     not_run = 0
     with sb.connect("migration") as mig, traffic(sb, workers, select_star=select_star) as t:

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from . import config, db
-from .errors import ZdlabError
+from .errors import BadInput, ZdlabError
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -24,7 +24,8 @@ def schema_name(name: str) -> str:
     """``"01 Risks"`` -> ``zd_01_risks``: a safe, lower-case identifier."""
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     if not slug:
-        raise ZdlabError(f"{name!r} cannot name a sandbox: use letters, digits or underscores.")
+        raise BadInput(f"{name!r} cannot name a sandbox: use letters, digits or underscores "
+                       f"(for example zdlab.sandbox(\"team_a\")).")
     return ("zd_" + slug)[:48]
 
 

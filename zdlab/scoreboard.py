@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql as pgsql
 from psycopg.pq import TransactionStatus
 
 from . import statements
+from .errors import BadInput
 from .report import stall_intervals
 from .sandbox import Sandbox
 from .traffic import AppVersion, Traffic, describe_error, traffic
@@ -46,8 +48,11 @@ RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # a step that hit its lock_timeout
 DEFAULT_CHECKSUM = "hashtext(id::text || ':' || amount_cents::text)"
 
 
-class StepError(Exception):
-    """A step could not run as written (not a database error: those are scored)."""
+class StepError(BadInput):
+    """A step could not run as written (not a database error: those are scored).
+
+    A ``BadInput``: raised while a notebook builds its plan (``in_batches(42)``), it shows as one
+    paragraph, without a traceback; inside ``step()`` it is scored as the step's error."""
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -73,7 +78,8 @@ class Batched(Action):
 
     def run(self, board: Scoreboard, conn: psycopg.Connection) -> str | None:
         # The key range is read once: rows inserted later are the dual-write's job, not the backfill's.
-        lo, hi = conn.execute(f'SELECT min("{self.key}"), max("{self.key}") FROM "{self.table}"').fetchone()
+        lo, hi = conn.execute(pgsql.SQL("SELECT min({key}), max({key}) FROM {table}").format(
+            key=pgsql.Identifier(self.key), table=pgsql.Identifier(self.table))).fetchone()
         if lo is None:
             return "empty table: nothing to backfill"
         batches = updated = 0
@@ -94,6 +100,13 @@ def in_batches(sql: str, batch_size: int = 10_000, *, table: str = "orders", key
     ``sql`` names the range as ``%(lo)s`` and ``%(hi)s`` (inclusive), e.g.
     ``UPDATE orders SET b = a WHERE id BETWEEN %(lo)s AND %(hi)s``.
     """
+    if not isinstance(sql, str):
+        raise StepError(f"in_batches(sql): sql should be the UPDATE as text, with %(lo)s and %(hi)s for the key "
+                        f"range of one batch, not {type(sql).__name__}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise StepError(f"in_batches(): batch_size should be a whole number of rows, not {batch_size!r}.")
+    if not isinstance(table, str) or not isinstance(key, str):
+        raise StepError("in_batches(): table and key should be names, as strings (table=\"orders\", key=\"id\").")
     if "%(lo)s" not in sql or "%(hi)s" not in sql:
         raise StepError("in_batches(sql): the SQL must use %(lo)s and %(hi)s for the key range of one batch, "
                         "e.g. WHERE id BETWEEN %(lo)s AND %(hi)s")
@@ -227,7 +240,7 @@ class Scoreboard:
     def __enter__(self) -> Scoreboard:
         self._conn = self.sb.connect("migration", prepare_threshold=None)
         try:
-            self._oid = self._conn.execute("SELECT %s::regclass::oid", [self.table]).fetchone()[0]
+            self._oid = self._conn.execute("SELECT quote_ident(%s)::regclass::oid", [self.table]).fetchone()[0]
             self._filenode = self._node()
             self.before = self._data()
             self.traffic.start()
@@ -370,10 +383,13 @@ class Scoreboard:
         return None if row is None else row[0]
 
     def _data(self, upto: int | None = None) -> DataCheck:
-        where = "" if upto is None else f' WHERE "{self.key}" <= {int(upto)}'
-        rows, checksum, max_key = self._conn.execute(
-            f'SELECT count(*), coalesce(sum({self.checksum}), 0), coalesce(max("{self.key}"), 0) '
-            f'FROM "{self.table}"{where}', prepare=False).fetchone()
+        # table and key are names (quoted); checksum is a SQL expression the caller wrote, as SQL.
+        key = pgsql.Identifier(self.key)
+        where = pgsql.SQL("") if upto is None else pgsql.SQL(" WHERE {} <= {}").format(key, int(upto))
+        query = pgsql.SQL("SELECT count(*), coalesce(sum({checksum}), 0), coalesce(max({key}), 0) "
+                          "FROM {table}{where}").format(checksum=pgsql.SQL(self.checksum), key=key,
+                                                        table=pgsql.Identifier(self.table), where=where)
+        rows, checksum, max_key = self._conn.execute(query, prepare=False).fetchone()
         return DataCheck(rows, int(checksum), max_key)
 
     def _compare(self) -> str:
@@ -395,9 +411,8 @@ class Scoreboard:
             return
         try:
             self.after = self._data(self.before.max_key)
-            self.inserted_rows = self._conn.execute(
-                f'SELECT count(*) FROM "{self.table}" WHERE "{self.key}" > %s',
-                [self.before.max_key]).fetchone()[0]
+            self.inserted_rows = self._conn.execute(pgsql.SQL("SELECT count(*) FROM {} WHERE {} > %s").format(
+                pgsql.Identifier(self.table), pgsql.Identifier(self.key)), [self.before.max_key]).fetchone()[0]
         except psycopg.Error as exc:
             self.after_error = describe_error(exc)
         self.inserts_ok = sum(1 for r in self.traffic.requests if r.kind in self.insert_kinds and not r.error)

@@ -15,8 +15,10 @@ import importlib.util
 import os
 import pwd
 import secrets
+import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +36,14 @@ class Status:
     pid: int | None
     port: int | None
     pgdata: Path
+    note: str = ""  # what start() had to clean up first, said once by `zdlab db start`
 
     def describe(self) -> str:
         if self.running:
-            return f"embedded PostgreSQL is running (pid {self.pid}) on 127.0.0.1:{self.port}, data in {self.pgdata}"
-        return f"embedded PostgreSQL is not running (data folder {self.pgdata})"
+            text = f"embedded PostgreSQL is running (pid {self.pid}) on 127.0.0.1:{self.port}, data in {self.pgdata}"
+        else:
+            text = f"embedded PostgreSQL is not running (data folder {self.pgdata})"
+        return f"{text}; {self.note}" if self.note else text
 
 
 def bin_dir() -> Path:
@@ -104,13 +109,147 @@ def status() -> Status:
         pid, port = int(lines[0]), int(lines[3])
     except (OSError, IndexError, ValueError):
         return Status(False, None, None, pgdata())
+    if not _is_our_postmaster(pid):
+        # A stale postmaster.pid: the server was killed (kill -9, out of memory, a reboot).
+        return Status(False, None, None, pgdata())
+    return Status(True, pid, port, pgdata())
+
+
+PROC = Path("/proc")
+
+
+def _is_our_postmaster(pid: int) -> bool:
+    """Is ``pid`` a live PostgreSQL process working in this data folder?
+
+    ``os.kill(pid, 0)`` alone is not enough after a crash: a killed postmaster stays a zombie
+    until its parent reaps it (for ever under a container's PID 1 that reaps nothing), and
+    after a reboot its pid may belong to another program.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return Status(False, None, None, pgdata())
+        return False
     except PermissionError:
         pass  # alive, owned by the service user
-    return Status(True, pid, port, pgdata())
+    if not (PROC / "self").exists():
+        return True  # no /proc (macOS): kill(0) is all we can ask
+    if not _is_alive(pid):
+        return False
+    cwd = _cwd(pid)
+    if cwd is not None:  # a postmaster works in its data folder (it chdir()s there)
+        return cwd == os.path.realpath(pgdata())
+    argv = _process_title(pid).split()  # cwd unreadable (no ptrace right): trust the program's name
+    return bool(argv) and Path(argv[0]).name == "postgres"
+
+
+def _cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(PROC / str(pid) / "cwd")
+    except OSError:
+        return None
+
+
+def _service_uid() -> int | None:
+    """The user the server's processes run as (None: the service user does not exist yet)."""
+    if os.geteuid() != 0:
+        return os.geteuid()
+    try:
+        return pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        return None
+
+
+def leftover_processes() -> list[int]:
+    """Processes still working in this data folder although no postmaster runs there.
+
+    After a ``kill -9`` of the postmaster its children (backends, the checkpointer, I/O
+    workers) notice and exit, most within a second; a backend busy with a long statement runs
+    on until that statement ends, and while it runs it holds the old shared memory, so a new
+    server refuses to start ("pre-existing shared memory block ... is still in use"). They are
+    recognised by their working directory, the data folder, and by their owner, the service user.
+    """
+    uid = _service_uid()
+    if uid is None or not PROC.is_dir():
+        return []
+    data = os.path.realpath(pgdata())
+    found = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        if _cwd(int(entry.name)) == data and _is_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _is_alive(pid: int) -> bool:
+    """Running, not a zombie (a killed process is one until its parent reaps it: it holds nothing)."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """Wait until none of ``pids`` is alive, at most ``seconds``; those still alive."""
+    deadline = time.monotonic() + seconds
+    alive = [p for p in pids if _is_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if _is_alive(p)]
+    return alive
+
+
+ORPHAN_GRACE_S = 3.0  # an orphan that is just finishing a statement exits by itself: let it
+ORPHAN_SIGNAL_WAIT_S = 5.0
+
+
+def _recover_from_crash() -> str:
+    """Before a start: end what a killed server left behind; say what was done ('' if nothing).
+
+    Called with the start lock held and no postmaster running in the data folder.
+    """
+    note = ""
+    leftovers = leftover_processes()
+    if leftovers:
+        postmasters = [p for p in leftovers if not _process_title(p).startswith("postgres:")]
+        if postmasters:  # a server runs here, but postmaster.pid does not name it: not ours to kill
+            raise ZdlabError(
+                f"A PostgreSQL server process (pid {', '.join(map(str, postmasters))}) runs in the data "
+                f"folder {pgdata()}, but its postmaster.pid does not name it (deleted or overwritten). "
+                f"Stop it (`kill -INT {postmasters[0]}`), then run `zdlab db start` again.")
+        alive = _wait_gone(leftovers, ORPHAN_GRACE_S)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            alive = _wait_gone(alive, ORPHAN_SIGNAL_WAIT_S)
+        if alive:
+            raise ZdlabError(
+                f"Processes {', '.join(map(str, alive))} of the killed embedded server still run in "
+                f"{pgdata()} and did not end when asked to (SIGTERM, then SIGKILL). A new server cannot "
+                f"start while they hold its shared memory. End them (`sudo kill -9 "
+                f"{' '.join(map(str, alive))}`), then run `zdlab db start` again.")
+        note = (f"ended {len(leftovers)} process(es) left running by a server that was killed "
+                f"(pid {', '.join(map(str, leftovers))})")
+    pidfile = pgdata() / "postmaster.pid"
+    if pidfile.exists():
+        # Its pid is dead, a zombie or someone else's (status() said so) and no process works in
+        # the folder: PostgreSQL would take a zombie's or a reused pid for a running server.
+        pidfile.unlink(missing_ok=True)
+        note = note or "removed the postmaster.pid of a server that was killed"
+    return note
+
+
+def _process_title(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def port_in_use(port: int) -> bool:
@@ -127,8 +266,16 @@ def port_in_use(port: int) -> bool:
 @contextlib.contextmanager
 def _lock():
     """Two `make` runs at once must not both run initdb or pg_ctl start."""
-    config.state_dir().mkdir(parents=True, exist_ok=True)
-    with open(config.state_dir() / "server.lock", "w") as fh:
+    try:
+        config.state_dir().mkdir(parents=True, exist_ok=True)
+        fh = open(config.state_dir() / "server.lock", "w")  # closed by the with below
+    except OSError as exc:  # read-only, not ours, or a file where the folder should be
+        raise ZdlabError(
+            f"Cannot write the kit's state folder {config.state_dir()} ({exc.strerror}): the embedded "
+            f"server keeps its data there. Set ZDLAB_STATE_DIR to a folder you can write (or unset it), "
+            f"or fix that folder's owner and permissions; or set DATABASE_URL to use a server of your own."
+        ) from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -184,7 +331,12 @@ def _init() -> None:
 
 
 def start() -> Status:
-    """Start the embedded server (or reuse the one already running) and create `workshop`."""
+    """Start the embedded server (or reuse the one already running) and create `workshop`.
+
+    After a crash (the postmaster killed) it first ends the processes the old server left
+    running and removes its stale postmaster.pid; PostgreSQL then replays its log (crash
+    recovery) as it starts, so every committed transaction is kept.
+    """
     with _lock():
         current = status()
         if not current.running:
@@ -196,6 +348,7 @@ def start() -> Status:
                     f"`ZDLAB_PORT={want + 1} make lab` (export ZDLAB_PORT to keep it), or stop "
                     f"the program holding port {want} (`ss -ltnp | grep {want}` shows it)."
                 )
+            note = _recover_from_crash()
             if not (pgdata() / "PG_VERSION").exists():
                 _init()
             log = pgdata() / "server.log"
@@ -203,12 +356,18 @@ def start() -> Status:
                          "-o", f"-p {want}", "start", check=False, timeout=90)
             if result.returncode != 0:
                 tail = "\n".join(_read_log(log)[-8:])
+                if "pre-existing shared memory block" in tail:  # an old process appeared meanwhile
+                    raise ZdlabError(
+                        f"The embedded PostgreSQL did not start: a process of the server that was "
+                        f"killed still holds its shared memory. Its log ({log}) ends with:\n{tail}\n"
+                        f"Run `zdlab db start` again: it ends such processes first.")
                 raise ZdlabError(
                     f"The embedded PostgreSQL did not start on port {want}. Its log ({log}) ends "
                     f"with:\n{tail}\nFix what it says (a busy port: set ZDLAB_PORT; a damaged "
                     f"data folder: `zdlab reset --server`), then run `zdlab db start` again."
                 )
             current = status()
+            current.note = note
         _ensure_database(current.port)
         return current
 
@@ -244,3 +403,35 @@ def url() -> str:
         return ext
     current = status()
     return config.embedded_url(current.port if current.running else None)
+
+
+def _major(tool: Path) -> int | None:
+    """The major version a PostgreSQL client program reports (``pg_restore (PostgreSQL) 15.18``)."""
+    try:
+        out = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return None
+    digits = out.strip().rsplit(" ", 1)[-1].split(".")[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def client_bin(server_version_num: int, tool: str = "pg_restore") -> Path | None:
+    """A bin folder whose pg_dump/pg_restore have the server's major version, or None.
+
+    A newer pg_dump dumps an older server fine, but its archive may not restore into one: it
+    sets parameters the older server does not know (pg_dump 17+ sets transaction_timeout).
+    So a backup-and-restore drill uses the server's own version: the embedded one's, then the
+    usual package locations (Debian/Ubuntu, RHEL, Homebrew), then PATH.
+    """
+    major = server_version_num // 10000
+    candidates = [os.environ.get("ZDLAB_PG_BIN", "")]
+    with contextlib.suppress(ZdlabError):
+        candidates.append(str(bin_dir()))
+    candidates += [f"/usr/lib/postgresql/{major}/bin", f"/usr/pgsql-{major}/bin",
+                   f"/opt/homebrew/opt/postgresql@{major}/bin", f"/usr/local/opt/postgresql@{major}/bin"]
+    candidates += os.environ.get("PATH", "").split(os.pathsep)
+    for folder in filter(None, candidates):
+        path = Path(folder) / tool
+        if path.exists() and _major(path) == major:
+            return path.parent
+    return None

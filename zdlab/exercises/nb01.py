@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from .. import statements
-from ..checks import LEARNER_TIMEOUT, Exercise, Incorrect, Notebook
+from ..checks import Exercise, Incorrect, Notebook, call_learner, describe, limit_learner_time, need_function, need_sql
 from ..errors import first_line
 from ..report import Report
 from ..sandbox import Sandbox
@@ -68,7 +68,8 @@ PRODUCTION_ROWS = 50_000  # the checker's own production-like copy: enough for t
 
 # -- risk 5: a migration with a down -------------------------------------------------------------
 
-CUSTOMERS_SQL = """
+# sql.SQL, not str.format: {rows} becomes a literal (CUSTOMERS_SQL.format(rows=100_000)).
+CUSTOMERS_SQL = pgsql.SQL("""
 CREATE TABLE customers AS
 SELECT g AS id, 'customer' || g || '@example.com' AS email,
        CASE WHEN mod(g, 1000) = 7 THEN 'Cher'              -- one-word names
@@ -77,7 +78,7 @@ SELECT g AS id, 'customer' || g || '@example.com' AS email,
             ELSE 'Customer ' || g END AS name
 FROM generate_series(1, {rows}) AS g;
 ALTER TABLE customers ADD PRIMARY KEY (id);
-"""
+""")
 
 SPLIT_NAME_UP_SQL = """
 ALTER TABLE customers ADD COLUMN first_name text, ADD COLUMN last_name text;
@@ -104,14 +105,15 @@ def ensure_seeded(box: Sandbox, rows: int = USERS_ROWS) -> None:
 
 def unfilled_rows(conn: psycopg.Connection) -> int:
     """Users whose backfilled column is missing or wrong."""
-    return conn.execute(f"SELECT count(*) FROM users WHERE {BACKFILL_COLUMN} IS DISTINCT FROM {BACKFILL_EXPR}"
-                        ).fetchone()[0]
+    return conn.execute(pgsql.SQL("SELECT count(*) FROM users WHERE {} IS DISTINCT FROM {}").format(
+        pgsql.Identifier(BACKFILL_COLUMN), pgsql.SQL(BACKFILL_EXPR))).fetchone()[0]
 
 
 def reset_backfill_column(conn: psycopg.Connection) -> None:
     """An empty ``email_domain`` column again (instant: no traffic runs meanwhile)."""
-    conn.execute(f"ALTER TABLE users DROP COLUMN IF EXISTS {BACKFILL_COLUMN}")
-    conn.execute(f"ALTER TABLE users ADD COLUMN {BACKFILL_COLUMN} text")
+    column = pgsql.Identifier(BACKFILL_COLUMN)
+    conn.execute(pgsql.SQL("ALTER TABLE users DROP COLUMN IF EXISTS {}").format(column))
+    conn.execute(pgsql.SQL("ALTER TABLE users ADD COLUMN {} text").format(column))
 
 
 @dataclass
@@ -236,7 +238,7 @@ def try_migrations(box: Sandbox, migrations: dict[str, str], data: Data = "sandb
     out = []
     with box.connect("try", autocommit=False) as conn:
         conn.execute("SET LOCAL lock_timeout = '5s'")  # never queue behind someone's long transaction
-        conn.execute(f"SET LOCAL statement_timeout = '{LEARNER_TIMEOUT}'")
+        limit_learner_time(conn)
         if data != "sandbox":
             _scratch(conn, box)
             _load_schema(conn, PRODUCTION_ROWS if data == "production" else 0)
@@ -265,9 +267,9 @@ def checksum(conn: psycopg.Connection, table: str = "customers") -> tuple[int, s
     count, digest = conn.execute(pgsql.SQL(
         "SELECT count(*), md5(coalesce(string_agg(to_jsonb(t)::text, '|' ORDER BY t.id), '')) FROM {} t"
     ).format(ident)).fetchone()
-    columns = tuple(conn.execute(
+    columns = tuple(conn.execute(  # quote_ident: the name as given, not folded to lower case
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+        "WHERE attrelid = to_regclass(quote_ident(%s)) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
         [table]).fetchall())
     return count, digest, columns
 
@@ -316,7 +318,10 @@ class EstimateAt100M(Exercise):
         try:
             estimate = float(estimate_100m_s)
         except (TypeError, ValueError):
-            raise Incorrect(f"give a number of seconds, not {type(estimate_100m_s).__name__}.") from None
+            raise Incorrect(f"estimate_100m_s should be a number of seconds, not {describe(estimate_100m_s)}: "
+                            f"give the estimate as a number.") from None
+        if estimate != estimate or estimate in (float("inf"), float("-inf")):  # NaN or infinite
+            raise Incorrect(f"estimate_100m_s is {estimate}: give a finite number of seconds.")
         with box.connect("check") as conn:
             if conn.execute("SELECT to_regclass('migration_timings')").fetchone()[0] is None:
                 raise Incorrect("there are no measurements yet: run the timing cell above first (it fills "
@@ -359,8 +364,7 @@ class BatchedBackfill(Exercise):
     last_report: Report | None = None  # the meter of the last graded run, for the notebook's plot
 
     def grade(self, box: Sandbox, backfill_batched: Any) -> str:
-        if not callable(backfill_batched):
-            raise Incorrect("backfill_batched should be a function taking (conn, batch_size).")
+        need_function("backfill_batched", backfill_batched, "conn, batch_size")
         ensure_seeded(box)
         with box.connect("check") as conn:
             reset_backfill_column(conn)
@@ -370,7 +374,7 @@ class BatchedBackfill(Exercise):
             time.sleep(BASELINE_S)
             with t.statement(f"backfill_batched(conn, {BACKFILL_BATCH})"):
                 try:
-                    backfill_batched(mig, BACKFILL_BATCH)
+                    call_learner("your backfill_batched", backfill_batched, mig, BACKFILL_BATCH)
                 except psycopg.Error as exc:
                     first = first_line(exc)
                     raise Incorrect(f"your backfill failed: {first}") from None
@@ -402,9 +406,9 @@ class LockTimeoutRetry(Exercise):
     hints = (
         "SET lock_timeout on the connection, then try the statement. On psycopg.errors.LockNotAvailable "
         "sleep and try again, longer each time; after the last retry, raise the error.",
-        "conn.execute(f\"SET lock_timeout = '{timeout_ms}ms'\"); for attempt in range(retries + 1): try the "
-        "statement and return; except LockNotAvailable: if it was the last attempt raise; "
-        "else time.sleep(backoff * 2 ** attempt).",
+        "conn.execute(\"SELECT set_config('lock_timeout', %s, false)\", [f'{timeout_ms}ms']) (SET takes no "
+        "query parameter; set_config does); for attempt in range(retries + 1): try the statement and return; "
+        "except LockNotAvailable: if it was the last attempt raise; else time.sleep(backoff * 2 ** attempt).",
         "Reset it at the end (RESET lock_timeout in a finally:), so the connection's later statements do "
         "not inherit it.",
     )
@@ -415,21 +419,19 @@ class LockTimeoutRetry(Exercise):
     last_report: Report | None = None  # the meter of the last graded run under traffic
 
     def grade(self, box: Sandbox, run_with_lock_timeout: Any) -> str:
-        if not callable(run_with_lock_timeout):
-            raise Incorrect("run_with_lock_timeout should be a function taking (conn, sql, timeout_ms, retries, "
-                            "backoff).")
+        need_function("run_with_lock_timeout", run_with_lock_timeout, "conn, sql, timeout_ms, retries, backoff")
         ensure_seeded(box)
         column = "lock_probe"
         with box.connect("check") as conn:
-            conn.execute(f"ALTER TABLE users DROP COLUMN IF EXISTS {column}")
-        alter = f"ALTER TABLE users ADD COLUMN {column} text"
+            conn.execute(pgsql.SQL("ALTER TABLE users DROP COLUMN IF EXISTS {}").format(pgsql.Identifier(column)))
+        alter = "ALTER TABLE users ADD COLUMN lock_probe text"  # the learner's function takes SQL text
 
         # 1. A lock that never comes free within the retries: the function must give up, with an error.
         with box.connect("migration") as mig, LongTransaction(box, "users", 60, mig.info.backend_pid) as lt:
             mig.execute("SET statement_timeout = '3s'")  # bounds a function that sets no lock_timeout
             start = time.monotonic()
             try:
-                run_with_lock_timeout(mig, alter, 50, 2, 0.05)
+                call_learner("your run_with_lock_timeout", run_with_lock_timeout, mig, alter, 50, 2, 0.05)
                 raised = None
             except psycopg.errors.LockNotAvailable as exc:
                 raised = exc
@@ -464,7 +466,8 @@ class LockTimeoutRetry(Exercise):
             with LongTransaction(box, "users", self.hold_s, mig.info.backend_pid) as lt:
                 with t.statement("run_with_lock_timeout(...)", alter):
                     try:
-                        run_with_lock_timeout(mig, alter, self.timeout_ms, self.retries, self.backoff)
+                        call_learner("your run_with_lock_timeout", run_with_lock_timeout, mig, alter,
+                                     self.timeout_ms, self.retries, self.backoff)
                     except psycopg.Error as exc:
                         first = first_line(exc)
                         raise Incorrect(f"the long transaction ended {self.hold_s} s after your first attempt, "
@@ -514,7 +517,8 @@ class FailsInProduction(Exercise):
 
     def grade(self, box: Sandbox, fails_in_production: Any) -> str:
         if not isinstance(fails_in_production, str) or fails_in_production not in CANDIDATES:
-            raise Incorrect(f"answer with the name of one candidate: {', '.join(CANDIDATES)}.")
+            raise Incorrect(f"fails_in_production should be the name of one candidate, as a string: "
+                            f"{', '.join(CANDIDATES)}; not {describe(fails_in_production)}.")
         dev = try_migrations(box, CANDIDATES, "empty")
         broken = [a.name for a in dev if not a.ok]
         if broken:  # the exercise's premise; the checker's own bug if it does not hold
@@ -543,10 +547,9 @@ class DownMigration(Exercise):
     rows = 10_000
 
     def grade(self, box: Sandbox, down_sql: Any) -> str:
-        if not isinstance(down_sql, str):
-            raise Incorrect("down_sql should be a string holding the SQL of the down migration.")
+        need_sql("down_sql", down_sql, "SQL statements (the down migration)")
         with box.connect("check", autocommit=False) as conn:
-            conn.execute(f"SET LOCAL statement_timeout = '{LEARNER_TIMEOUT}'")
+            limit_learner_time(conn)
             _scratch(conn, box)  # a copy of our own, rolled back at the end: the sandbox is not touched
             conn.execute(CUSTOMERS_SQL.format(rows=self.rows))
             before = checksum(conn)

@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from .. import statements
-from ..checks import Exercise, Incorrect, Notebook
+from ..checks import Exercise, Incorrect, Notebook, need_function
 from ..errors import first_line
 from ..report import Report
 from ..sandbox import Sandbox
@@ -60,10 +61,11 @@ def normalise_steps(steps: Any) -> list[tuple[str, Step]]:
         if isinstance(item, str):
             out += [(statements.short_sql(sql), sql) for sql in statements.split(item)]
         elif callable(item):
+            need_function(f"step {i} of answer_steps", item, "conn")
             out.append((f"{getattr(item, '__name__', 'function')}(conn)", item))
         else:
-            raise Incorrect(f"step {i} is a {type(item).__name__}; each step must be a SQL string or a "
-                            f"function taking a connection.")
+            raise Incorrect(f"step {i} is a {type(item).__name__}; each step of answer_steps must be a SQL "
+                            f"string or a function taking a connection.")
     if not out:
         raise Incorrect("answer_steps holds no SQL statement and no function: nothing to run.")
     return out
@@ -79,7 +81,7 @@ def run_steps(sb: Sandbox, steps: Any, *, workers: int = WORKERS,
     plan = normalise_steps(steps)
     errors: list[str | None] = []
     with sb.connect("migration") as mig, traffic(sb, workers) as t:
-        mig.execute(f"SET statement_timeout = '{STEP_TIMEOUT}'")
+        mig.execute("SELECT set_config('statement_timeout', %s, false)", [STEP_TIMEOUT])
         t.wait_for_requests(WARMUP_REQUESTS, timeout=10)
         time.sleep(SETTLE_S)  # baseline: normal latency first, on the timeline
         for label, step in plan:
@@ -105,20 +107,20 @@ def run_steps(sb: Sandbox, steps: Any, *, workers: int = WORKERS,
 
 def column_state(conn: psycopg.Connection, table: str, column: str) -> dict[str, Any] | None:
     """Type, NOT NULL flag and (PostgreSQL 18) whether the NOT NULL constraint is validated."""
-    row = conn.execute(
+    row = conn.execute(  # quote_ident: the table's name as given, not folded to lower case
         "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum FROM pg_attribute a "
-        "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped",
-        [table, column]).fetchone()
+        "WHERE a.attrelid = to_regclass(quote_ident(%s)) AND a.attname = %s AND a.attnum > 0 "
+        "AND NOT a.attisdropped", [table, column]).fetchone()
     if row is None:
         return None
     type_, notnull, attnum = row
     # PostgreSQL 18 stores NOT NULL as a constraint (contype 'n'), which can be NOT VALID while
     # attnotnull is already true: only a validated one proves that no row holds a NULL.
     invalid = conn.execute(
-        "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'n' "
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(quote_ident(%s)) AND contype = 'n' "
         "AND conkey = ARRAY[%s]::int2[] AND NOT convalidated", [table, attnum]).fetchone()[0]
     checks = [r[0] for r in conn.execute(
-        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'c' "
+        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(quote_ident(%s)) AND contype = 'c' "
         "AND %s = ANY(conkey) ORDER BY 1", [table, attnum])]
     return {"type": type_, "notnull": notnull and not invalid, "invalid_not_null": bool(invalid),
             "checks": checks}
@@ -169,11 +171,12 @@ class StatusColumn(Exercise):
             if not state["notnull"]:
                 raise Incorrect("users.status still accepts NULL (pg_attribute.attnotnull is false): "
                                 "finish with ALTER COLUMN status SET NOT NULL.")
-            total, wrong, example = conn.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE status IS DISTINCT FROM {RULE_SQL}), "
-                f"min(id) FILTER (WHERE status IS DISTINCT FROM {RULE_SQL}) FROM users").fetchone()
+            rule = sql.SQL(RULE_SQL)
+            total, wrong, example = conn.execute(sql.SQL(
+                "SELECT count(*), count(*) FILTER (WHERE status IS DISTINCT FROM {rule}), "
+                "min(id) FILTER (WHERE status IS DISTINCT FROM {rule}) FROM users").format(rule=rule)).fetchone()
             if wrong:
-                got, want = conn.execute(f"SELECT status, {RULE_SQL} FROM users WHERE id = %s",
+                got, want = conn.execute(sql.SQL("SELECT status, {} FROM users WHERE id = %s").format(rule),
                                          [example]).fetchone()
                 raise Incorrect(f"{wrong:,} of {total:,} users have the wrong status, for example user "
                                 f"{example} has {got!r} where the rule gives {want!r}.")

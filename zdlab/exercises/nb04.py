@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from ..checks import Exercise, Incorrect, Notebook
+from ..checks import Exercise, Incorrect, Notebook, describe, need_function
 from ..sandbox import Sandbox
 from ..scoreboard import THRESHOLD_MS, Action, Scoreboard, deploy, in_batches
 from ..seed import seed
@@ -83,13 +83,16 @@ def _steps(plan: Any) -> list[tuple[str, Any]]:
     shape = ('a list of steps, each a pair ("label", action), where the action is SQL text, '
              'in_batches("UPDATE ... %(lo)s ... %(hi)s") or deploy(V2)')
     if isinstance(plan, str) or not isinstance(plan, list | tuple) or not plan:
-        raise Incorrect(f"the plan should be {shape}.")
+        raise Incorrect(f"answer_plan should be {shape}; not {describe(plan)}.")
     out = []
     for i, step in enumerate(plan, 1):
         if not (isinstance(step, list | tuple) and len(step) == 2 and isinstance(step[0], str)):
-            raise Incorrect(f"step {i} should be a pair (\"label\", action); it is {step!r:.80}. The plan is {shape}.")
+            raise Incorrect(f"step {i} of answer_plan should be a pair (\"label\", action); it is {step!r:.80}. "
+                            f"The plan is {shape}.")
         if not isinstance(step[1], str | Action) and not callable(step[1]):
             raise Incorrect(f"step {i} ({step[0]}): the action should be SQL text, in_batches(...) or deploy(...).")
+        if callable(step[1]) and not isinstance(step[1], Action):  # the board calls it with its connection
+            need_function(f"step {i} ({step[0]})", step[1], "conn")
         out.append((step[0], step[1]))
     return out
 
