@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import psutil
 import psycopg
 import pytest
 from jupyter_client import KernelManager
@@ -44,8 +45,6 @@ from zdlab import config, db, doctor, server
 from zdlab.exercises.nb02 import wait_until
 from zdlab.sandbox import Sandbox
 from zdlab.seed import seed, seeding_schema
-
-psutil = pytest.importorskip("psutil")
 
 pytestmark = pytest.mark.slow  # notebook runs, as test_many_learners
 
