@@ -274,6 +274,23 @@ def test_every_service_runs_as_a_non_root_user():
         assert user and user not in ("0", "root"), f"{name} runs as {svc.get('user')!r} (root by default)"
 
 
+# An empty token (in Python or YAML, or `--ServerApp.token=` with nothing after it), or the
+# switches that turn authentication or XSRF protection off.
+DISABLING_AUTH = (r"token\s*[=:]\s*(''|\"\")|\.token=(['\"\s]|$)|disable_check_xsrf"
+                  r"|allow_unauthenticated_access\s*[=:]\s*true|password_required\s*[=:]\s*false")
+
+
+@pytest.mark.parametrize(("text", "disables"), [
+    ("c.ServerApp.token = ''", True), ('c.IdentityProvider.token = ""', True),
+    ("jupyter lab --ServerApp.token= --no-browser", True), ("cmd = ['--ServerApp.token=']", True),
+    ("c.ServerApp.disable_check_xsrf = True", True), ("c.ServerApp.allow_unauthenticated_access = True", True),
+    ("token = secrets.token_hex(16)", False), ('env["JUPYTER_TOKEN"] = token', False),
+    ("--ServerApp.token=abc123", False), ('f"--ServerApp.token={token}"', False),
+])
+def test_the_token_scan_tells_disabling_from_setting(text, disables):
+    assert bool(re.search(DISABLING_AUTH, text, re.IGNORECASE | re.MULTILINE)) is disables
+
+
 def test_no_file_of_the_docker_path_disables_the_jupyter_token():
     compose = _compose()
     for name, svc in compose["services"].items():
@@ -283,8 +300,7 @@ def test_no_file_of_the_docker_path_disables_the_jupyter_token():
                 assert key == "JUPYTER_TOKEN", f"{name}: unexpected {key}"
         command = json.dumps(svc.get("command", "")) + json.dumps(svc.get("entrypoint", ""))
         assert "token" not in command.lower(), f"{name} overrides the token on its command line"
-    disabling = re.compile(r"token\s*=\s*(''|\"\"|\s|$)|disable_check_xsrf|allow_unauthenticated_access\s*=\s*true"
-                           r"|password_required\s*=\s*false", re.IGNORECASE | re.MULTILINE)
+    disabling = re.compile(DISABLING_AUTH, re.IGNORECASE | re.MULTILINE)
     # Every file that starts or configures a lab: the Docker path, the kit, the tools, the hub
     # deployments, the Makefile (the tests themselves may name the patterns they look for).
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
