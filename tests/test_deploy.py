@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -159,15 +160,23 @@ def test_z2jh_embedded_server_starts_in_each_pod() -> None:
 def test_z2jh_shared_server_wiring() -> None:
     single = _values()["shared"]["singleuser"]
     ref = single["extraEnv"]["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
-    manifests = yaml.safe_load_all((Z2JH / "shared-postgres.yaml").read_text())
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in manifests}
-    secret = docs[("Secret", ref["name"])]
-    url = secret["stringData"][ref["key"]]
-    service = docs[("Service", "zdlab-postgres")]
+    text = (Z2JH / "shared-postgres.yaml").read_text()
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(text)}
+    # No Secret is committed: the file's header creates it with a random password. The server
+    # reads its password and the learners their URL from that one Secret, so the two agree.
+    assert not [kind for kind, _ in docs if kind == "Secret"], "a Secret (a password) is committed"
+    created = re.search(r"kubectl create secret generic (\S+) --namespace zdlab((?:\s*\\\s*#?\s*--from-literal=\S+)+)",
+                        text)
+    assert created and created.group(1) == ref["name"], "the header must create the Secret the pods read"
+    literals = dict(re.findall(r"--from-literal=([\w-]+)=\"([^\"]*)\"", created.group(2)))
+    url = literals[ref["key"]]
     assert url.startswith("postgresql://") and "@zdlab-postgres:5432/" in url
+    assert literals["postgres-password"] == "$PW" and ":$PW@" in url, "the URL's password must be the server's"
+    sts_env = docs[("StatefulSet", "zdlab-postgres")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    pw_ref = next(e for e in sts_env if e["name"] == "POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert pw_ref == {"name": ref["name"], "key": "postgres-password"}
+    service = docs[("Service", "zdlab-postgres")]
     assert service["spec"]["ports"][0]["port"] == 5432
-    password = secret["stringData"]["postgres-password"]
-    assert f":{password}@" in url, "the URL's password must be the server's"
     # ZDLAB_LEARNER comes from the hub user name, through a callable JupyterHub evaluates per spawn.
     snippet = _values()["shared"]["hub"]["extraConfig"]["zdlab-learner.py"]
     c = _run_hub_config(snippet, {"PLOOMBER_STATS_ENABLED": "false"})
@@ -277,7 +286,7 @@ def test_kubernetes_manifests_dry_run(discovery_only_api: str, tmp_path: Path) -
         capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     items = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert sorted(o["kind"] for o in items) == ["Secret", "Service", "StatefulSet"], out.stdout[:500]
+    assert sorted(o["kind"] for o in items) == ["Service", "StatefulSet"], out.stdout[:500]
     sts = next(o for o in items if o["kind"] == "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
