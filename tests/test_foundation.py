@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -46,6 +47,36 @@ def scratch_home():
     yield home, env
     run_zdlab("db", "stop", env=env)
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_embedded_password_is_random_private_and_renewed_without_losing_data(scratch_home):
+    home, env = scratch_home
+    assert run_zdlab("db", "start", env=env).returncode == 0
+    password_file = home / ".zdlab" / "password"
+    first = password_file.read_text().strip()
+    assert len(first) >= 20 and first != "workshop"
+    assert password_file.stat().st_mode & 0o077 == 0, "the password file is readable by its owner only"
+    url = run_zdlab("db", "url", env=env).stdout.strip()
+    assert urlsplit(url).password == first
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (x int)")
+        conn.execute("INSERT INTO kept VALUES (42)")
+    with pytest.raises(psycopg.OperationalError):  # the old fixed word no longer opens it
+        psycopg.connect(url.replace(f":{first}@", ":workshop@"), connect_timeout=5).close()
+
+    # The file is lost while the server runs: the kit says how to recover, with no traceback.
+    password_file.unlink()
+    lost = run_zdlab("db", "url", env=env)
+    assert_clear(lost)
+    assert "`zdlab db stop`, then `zdlab db start`" in lost.stderr and "keeps its data" in lost.stderr
+    # ... and that recovery gives a new password, keeping the data.
+    assert run_zdlab("db", "stop", env=env).returncode == 0
+    again = run_zdlab("db", "start", env=env)
+    assert again.returncode == 0, again.stderr
+    second = password_file.read_text().strip()
+    assert second != first and password_file.stat().st_mode & 0o077 == 0
+    with psycopg.connect(run_zdlab("db", "url", env=env).stdout.strip()) as conn:
+        assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
 
 
 def test_embedded_server_lifecycle_and_stopped_server_message(scratch_home):

@@ -56,9 +56,9 @@ def embedded_password() -> str:
     except FileNotFoundError:
         raise ZdlabError(
             f"The embedded server's password file {password_file()} is missing (it is written when "
-            f"the server's data folder is created). `zdlab reset --server` makes a new server with a "
-            f"new password (the workshop data in it is lost), or set DATABASE_URL to use a server of "
-            f"your own."
+            f"the server's data folder is created). `zdlab db stop`, then `zdlab db start`, gives the "
+            f"server a new random password and keeps its data; or set DATABASE_URL to use a server "
+            f"of your own."
         ) from None
 
 

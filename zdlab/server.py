@@ -14,6 +14,7 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import re
 import secrets
 import signal
 import socket
@@ -325,9 +326,28 @@ def _init() -> None:
         raise ZdlabError(f"Could not create the embedded database in {data}: initdb said:\n"
                          f"{result.stderr.strip()}\nRemove that folder and run `make lab` again.")
     # Written only once initdb succeeded: a password file always matches a data folder.
+    _write_password(secret)
+
+
+def _write_password(secret: str) -> None:
     fd = os.open(config.password_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")
+
+
+def _new_password() -> None:
+    """Give a stopped server whose password file is gone (or that predates random passwords)
+    a new random password, keeping its data: single-user mode opens no port meanwhile."""
+    secret = secrets.token_urlsafe(18)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", secret)  # safe inside the quotes below
+    result = subprocess.run([str(bin_dir() / "postgres"), "--single", "-D", str(pgdata()), "-j", "postgres"],
+                            input=f"ALTER USER {config.DB_USER} PASSWORD '{secret}';\n", capture_output=True,
+                            text=True, timeout=120, start_new_session=True, **_run_as())
+    if result.returncode != 0:
+        raise ZdlabError(f"The embedded server's password file {config.password_file()} is missing, and a new "
+                         f"password could not be set: {(result.stderr.strip().splitlines() or ['?'])[-1]}. "
+                         f"`zdlab reset --server` makes a new server (the workshop data in it is lost).")
+    _write_password(secret)
 
 
 def start() -> Status:
@@ -351,6 +371,8 @@ def start() -> Status:
             note = _recover_from_crash()
             if not (pgdata() / "PG_VERSION").exists():
                 _init()
+            elif not config.password_file().exists():
+                _new_password()
             log = pgdata() / "server.log"
             result = _pg("pg_ctl", "-D", str(pgdata()), "-l", str(log), "-w", "-t", "60",
                          "-o", f"-p {want}", "start", check=False, timeout=90)
