@@ -3,7 +3,8 @@
 No Docker engine runs on the CI machines, so nothing here builds an image or starts a
 container. What is checked instead: the compose file against the official compose schema
 plus the properties the course relies on, the Dockerfile with hadolint, and the entrypoint
-run for real outside a container against an external PostgreSQL (Debian's PostgreSQL 15),
+run for real outside a container against an external PostgreSQL (the version matrix's
+PostgreSQL 15, from Debian's binaries),
 the way the `lab` service runs it against the `db` service.
 """
 
@@ -31,14 +32,15 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import pg15  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 DOCKERIGNORE = REPO / ".dockerignore"
 VENV_BIN = Path(sys.executable).parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PG_PASSWORD = "workshop"  # what the compose `db` service uses
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -389,47 +391,21 @@ def test_entrypoint_rejects_a_wait_that_is_not_a_number(tmp_path):
     assert "ZDLAB_DB_WAIT='soon'" in out.stderr
 
 
-def _clusters() -> dict[tuple[str, str], tuple[int, str]]:
-    """pg_lsclusters as {(version, name): (port, status)}."""
-    out = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True, timeout=30)
-    rows = {}
-    for line in out.stdout.splitlines():
-        ver, name, port, status, *_ = line.split()
-        rows[(ver, name)] = (int(port), status)
-    return rows
-
-
-def _psql(port: int, sql: str, database: str = "postgres") -> str:
-    out = subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"), "-p", str(port), "-d", database,
-                          "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                         capture_output=True, text=True, timeout=60, cwd="/")
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def pg15_url() -> Iterator[str]:
-    """Debian's PostgreSQL 15 as the external server, with the compose db's user/password/db."""
-    if os.geteuid() != 0:
-        pytest.skip("starting Debian's PostgreSQL 15 cluster needs root (pg_ctlcluster, runuser)")
-    if not shutil.which("pg_ctlcluster") or not (PG_BIN / "postgres").exists():
-        pytest.skip("Debian's PostgreSQL 15 is not installed (apt-get install postgresql); .ci/run installs it")
-    if ("15", "main") not in _clusters():
-        pytest.skip("Debian's PostgreSQL 15 has no `main` cluster (pg_createcluster 15 main)")
-    port, status = _clusters()[("15", "main")]
-    started = status != "online"
-    if started:
-        out = subprocess.run(["pg_ctlcluster", "15", "main", "start"], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, f"pg_ctlcluster 15 main start: {out.stderr}"
+    """An external PostgreSQL 15 for the entrypoint, as the compose `db` is for the `lab` service:
+    the version matrix's server (tools/pg15.py: Debian's binaries, installed when missing as root),
+    stopped afterwards unless it was already running (as during `make test-pg15`)."""
+    was_running = pg15.zdlab("db", "status").returncode == 0
+    started = subprocess.run([sys.executable, str(REPO / "tools" / "pg15.py"), "start"],
+                             capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.skip(f"no PostgreSQL 15 for the entrypoint test: {started.stderr.strip()[-300:]}")
     try:
-        _psql(port, f"ALTER USER postgres PASSWORD '{PG_PASSWORD}'")
-        if not _psql(port, "SELECT 1 FROM pg_database WHERE datname = 'workshop'"):
-            _psql(port, "CREATE DATABASE workshop")
-        # Debian's pg_hba.conf allows scram-sha-256 password logins on 127.0.0.1.
-        yield f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/workshop"
+        yield started.stdout.strip().splitlines()[-1]
     finally:
-        if started:
-            subprocess.run(["pg_ctlcluster", "15", "main", "stop"], capture_output=True, timeout=120)
+        if not was_running:
+            pg15.zdlab("db", "stop")
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +451,7 @@ def test_entrypoint_log_names_the_server_without_its_password(lab):
     port = urlsplit(lab["env"]["DATABASE_URL"]).port
     assert f"postgresql://postgres:***@127.0.0.1:{port}/workshop" in text
     assert "(PostgreSQL 15" in text, text  # `zdlab db status` connected before Jupyter started
-    assert f":{PG_PASSWORD}@" not in text
+    assert f":{urlsplit(lab['env']['DATABASE_URL']).password}@" not in text
     assert lab["token"] not in text  # a token the user chose is not echoed into logs
 
 

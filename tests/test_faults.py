@@ -21,7 +21,6 @@ nearly half of it notebook 02.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -46,17 +45,16 @@ from zdlab.exercises.nb02 import wait_until
 from zdlab.sandbox import Sandbox
 from zdlab.seed import seed, seeding_schema
 
+# tools/time_notebooks.py runs a notebook with nbclient as the suite does; reused, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import time_notebooks  # noqa: E402
+
 pytestmark = pytest.mark.slow  # notebook runs, as test_many_learners
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "solutions"
 WAIT_S = 60  # for a condition that normally holds within a second: a loaded machine is slow, not stuck
 
-# tools/time_notebooks.py runs a notebook with nbclient as the suite does; reused, not copied.
-_spec = importlib.util.spec_from_file_location("time_notebooks", REPO / "tools" / "time_notebooks.py")
-time_notebooks = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = time_notebooks  # its dataclasses look their module up there
-_spec.loader.exec_module(time_notebooks)
 
 
 def until(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:

@@ -28,11 +28,6 @@ NOTEBOOKS = sorted((REPO / "solutions").glob("*.ipynb"), reverse=True)
 RUNS = [(path, run) for path in NOTEBOOKS for run in (1, 2)]
 
 
-def test_the_order_is_really_reversed():
-    names = [p.stem for p in NOTEBOOKS]
-    assert len(names) >= 5 and names[-1] == "00_setup" and names == sorted(names, reverse=True)
-
-
 @pytest.fixture(scope="module")
 def learner_database(db_url):
     """A database nobody else uses, so the first notebook finds nothing another one made."""

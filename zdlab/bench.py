@@ -39,6 +39,7 @@ from psycopg import sql
 from . import config, db, server
 from .errors import ZdlabError
 from .measure import measure
+from .report import Report
 from .sandbox import Sandbox
 from .seed import seed
 
@@ -236,7 +237,7 @@ METER_PAIRS = (
 )
 
 
-def _meter_line(rep: object) -> str:
+def _meter_line(rep: Report) -> str:
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:,.0f} ms"
 

@@ -27,7 +27,8 @@ How it fits together:
   subclasses of ``Exercise`` from here, and its notebook does
   ``from zdlab.exercises.nbNN import ex``.
 - ``ZDLAB_STRICT_CHECKS=1`` (the test suite sets it for notebook kernels): an incorrect result
-  raises ``AssertionError``, so a solution notebook with a wrong answer fails nbval. A
+  raises ``AssertionError``, so a solution notebook with a wrong answer fails the suite
+  (tests/test_notebook_order.py). A
   not-attempted result never raises: the learner's copy must run clean.
 - ``evaluate()`` is ``check()`` without display and without strict mode: for self-tests of a
   checker on known-wrong answers (cells tagged ``solution-only``, dropped from the learner's copy).

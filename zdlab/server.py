@@ -14,7 +14,6 @@ import fcntl
 import importlib.util
 import os
 import pwd
-import re
 import secrets
 import signal
 import socket
@@ -338,8 +337,7 @@ def _write_password(secret: str) -> None:
 def _new_password() -> None:
     """Give a stopped server whose password file is gone (or that predates random passwords)
     a new random password, keeping its data: single-user mode opens no port meanwhile."""
-    secret = secrets.token_urlsafe(18)
-    assert re.fullmatch(r"[A-Za-z0-9_-]+", secret)  # safe inside the quotes below
+    secret = secrets.token_urlsafe(18)  # letters, digits, '-' and '_' only: safe inside the quotes below
     result = subprocess.run([str(bin_dir() / "postgres"), "--single", "-D", str(pgdata()), "-j", "postgres"],
                             input=f"ALTER USER {config.DB_USER} PASSWORD '{secret}';\n", capture_output=True,
                             text=True, timeout=120, start_new_session=True, **_run_as())
