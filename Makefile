@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.zdlab-installed
 # JupySQL sends usage telemetry by default; never from this kit.
 export PLOOMBER_STATS_ENABLED := false
 
-.PHONY: lab test test-pg15 test-matrix docker-env setup db notebooks lint bench doctor reset stop clean
+.PHONY: lab test test-extremes test-pg15 test-matrix docker-env setup db notebooks lint bench doctor reset stop clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -30,6 +30,11 @@ lab: db
 
 test: db
 	$(PY) -m pytest
+
+# Every verdict on any machine: the worked notebooks and the checkers with CPU hogs on every core,
+# and with the demo tables at half and twice their size (tools/any_machine.py). CI runs it.
+test-extremes: db
+	$(PY) tools/any_machine.py
 
 # The same suite against Debian's PostgreSQL 15 (installed when missing, as root), used through
 # DATABASE_URL as a server of one's own would be; its server is stopped afterwards.

@@ -84,7 +84,7 @@ def test_right_answers_are_correct(make_sandbox, steps):
 def test_one_big_update_stalls_the_app(make_sandbox):
     result = ex.q1.evaluate(answer_steps=NAIVE, sandbox=make_sandbox("nb03"))
     assert result.status == "incorrect"
-    assert "stalled" in result.message and "UPDATE users SET status" in result.message, result.message
+    assert "noticed" in result.message and "UPDATE users SET status" in result.message, result.message
 
 
 @pytest.mark.parametrize("steps, words", [

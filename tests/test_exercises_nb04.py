@@ -27,7 +27,7 @@ def test_the_worked_plan_is_correct(make_sandbox):
     result = ex.q1.evaluate(answer_plan=worked_plan(), sandbox=box)
     assert result.status == "correct", result.text()
     board = ex.q1.last_board
-    assert board.failed_requests == 0 and board.longest_stall_ms < nb04.THRESHOLD_MS
+    assert board.failed_requests == 0 and not any("BLOCKING" in s.verdict for s in board.steps)
     assert board.data_identical and board.inserts_ok > 0
     assert {r.app for r in board.traffic.requests} == {"v1", "v2"}
     assert board.traffic.versions() == ["v2"] * 4

@@ -3,16 +3,12 @@
 Six simulated learners share the server the tests use (``DATABASE_URL`` = ``zdlab.server.url()``),
 each with its own ``ZDLAB_LEARNER`` (so its own database ``zdlab_<name>``, created on first use by
 ``zdlab.db.database_url``). They run CONCURRENTLY (started 3 s apart, all six running at once),
-each in processes of its own with its own kernels, through tools/time_notebooks.py:
-``solutions/00_setup.ipynb``, then ``solutions/03_not_null_column.ipynb``, with
+each in processes of its own with its own kernels, through tools/time_notebooks.py: every
+notebook, ``solutions/00_setup.ipynb`` to ``solutions/04_capstone.ipynb``, with
 ZDLAB_STRICT_CHECKS=1, so every measured claim and every checker must hold under the other
-learners' traffic. Why 03: the full notebooks take 16.5-26.7 s each alone on a quiet machine
-(tools/time_notebooks.py), so none is much cheaper than another; what differs is the margin of
-their "no stall" claims under CPU contention. 03's safe steps stall the app 0 ms on a quiet
-machine (its budgets are 100-200 ms), while the batched backfills of 04's worked plan (30 ms)
-and of 01's exercise 2 (20 ms) were measured at 201-253 ms and 309 ms with six learners on these
-2 busy cores: a correct answer marked incorrect by an overloaded machine (docs/facilitator.md,
-"Sizing"), which is not what this test is about.
+learners' traffic. They can, because no claim compares a duration with a fixed number of
+milliseconds: each is judged against the same run's own noise (zdlab.judge), which grows with
+the crowd on the 2 cores as the waits it is compared with do.
 
 The learners' processes run at a lower CPU priority (nice 10) than PostgreSQL: on a real shared
 server the database has CPUs of its own, and the learners' kernels (their simulated app traffic)
@@ -27,11 +23,11 @@ Cross-talk is judged from PostgreSQL's own accounting, sampled from this process
   ``zdlab/admin`` session in the server's own database that creates X's database;
 - every relation lock (pg_locks) held or awaited by a session is on a relation of that session's
   own database (or a shared catalog, database 0; CREATE DATABASE also reads template1);
-- afterwards, each learner's database holds only its own two notebooks' sandboxes, and the
+- afterwards, each learner's database holds only its own notebooks' sandboxes, and the
   setup sandbox holds exactly the 100,000 users that notebook seeds.
 
-The learners' databases are dropped at the end (DROP DATABASE ... WITH (FORCE)). About 95 s on
-2 busy cores.
+The learners' databases are dropped at the end (DROP DATABASE ... WITH (FORCE)). Several
+minutes on 2 busy cores (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -58,9 +54,9 @@ psutil = pytest.importorskip("psutil")
 REPO = Path(__file__).resolve().parent.parent
 TIMER = REPO / "tools" / "time_notebooks.py"
 LEARNERS = 6
-DEMO = "03_not_null_column"
-NOTEBOOKS = ("00_setup", DEMO)
-LEARNER_TIMEOUT_S = 300  # a wedged kernel must not hang the suite; ~120 s is normal on 2 busy cores
+DEMO = "03_not_null_column"  # whose app traffic the sampler must see for every learner
+NOTEBOOKS = ("00_setup", "01_risks", "02_preventive_actions", DEMO, "04_capstone")
+LEARNER_TIMEOUT_S = 1800  # a wedged kernel must not hang the suite; six learners share 2 cores
 SAMPLE_EVERY_S = 0.2
 # A room does not press "Run all" at the same second: learners start 3 s apart, so all six still
 # run at once (checked below) without every seed and every demo landing on the same instant.
@@ -283,9 +279,10 @@ def test_six_learners_at_once_without_cross_talk(db_url: str, tmp_path: Path) ->
             with connect_url(config.with_database(db_url, database)) as conn:
                 schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'zd\\_%'")}
                 setup_users = conn.execute("SELECT count(*) FROM zd_00_setup.users").fetchone()[0]
-            # The two notebooks' sandboxes (and the scratch sandboxes their checkers derive from them).
-            assert {"zd_00_setup", f"zd_{DEMO}"} <= schemas, f"{database}: {sorted(schemas)}"
-            assert all(s.startswith(("zd_00_setup", f"zd_{DEMO}")) for s in schemas), f"{database}: {sorted(schemas)}"
+            # The notebooks' sandboxes (and the scratch sandboxes their checkers derive from them).
+            own = tuple(f"zd_{nb}" for nb in NOTEBOOKS)
+            assert set(own) <= schemas, f"{database}: {sorted(schemas)}"
+            assert all(s.startswith(own) for s in schemas), f"{database}: {sorted(schemas)}"
             assert setup_users == 100_000, (database, setup_users)
         print(f"  {sum(attributed.values())} session-samples matched to their learner's process; "
               f"{locking} with relation locks, all in their own database")

@@ -31,7 +31,8 @@ def schema_exists(name: str) -> bool:
 def test_a_held_table_lock_is_blocking(box_name):
     r = measure("BEGIN; LOCK TABLE users; SELECT pg_sleep(1); COMMIT;", rows=ROWS, sandbox_name=box_name)
     assert r.verdict == "blocking"
-    assert 800 <= r.longest_stall_ms <= 2000
+    held = r.statements[2]["duration_ms"]  # the lock was held through the sleep: the app waited as long
+    assert r.judgement.stall_ms >= 0.8 * held > r.judgement.noise_ms, (r.judgement, held)
     assert [s["sql"] for s in r.statements] == ["BEGIN", "LOCK TABLE users", "SELECT pg_sleep(1)", "COMMIT"]
     assert any(e["blocker"] == "migration" for e in r.blocking_chain)
     assert not schema_exists(box_name)
@@ -64,11 +65,9 @@ def million(db_url):
         box.drop()
 
 
-# An index on (status, created_at): a dashboard's "newest orders by status". Built here in
-# ~0.7 s at 1M rows, vs ~0.3 s for (created_at) alone, which under test load sits too close
-# to the 200 ms threshold for a reliable contrast. The facts sheet (1M rows, 4 workers):
-# CREATE INDEX stalls app writes 550-700 ms, CONCURRENTLY 9-13 ms and no lock wait at all,
-# so the default 200 ms threshold leaves a wide margin on both sides.
+# An index on (status, created_at): a dashboard's "newest orders by status". The verdicts rest on
+# the run itself (zdlab.judge): the plain build holds ShareLock while inserts wait for most of
+# its run; the concurrent one makes no app request wait on it at all.
 INDEX_COLUMNS = "orders (status, created_at)"
 
 
@@ -76,14 +75,14 @@ INDEX_COLUMNS = "orders (status, created_at)"
 def test_create_index_concurrently_is_safe_at_1m_rows(million):
     r = measure_in(million, f"CREATE INDEX CONCURRENTLY ON {INDEX_COLUMNS}", rows=1_000_000)
     assert r.verdict == "safe", str(r)
-    assert r.longest_stall_ms < 100
+    assert r.judgement.stall_ms == 0 and r.held[0]["samples"] == 0, r.judgement
 
 
 @pytest.mark.slow
 def test_plain_create_index_is_blocking_at_1m_rows(million):
     r = measure_in(million, f"CREATE INDEX ON {INDEX_COLUMNS}", rows=1_000_000)
     assert r.verdict == "blocking", str(r)
-    assert r.longest_stall_ms > 200
+    assert r.held[0]["coverage"] >= 0.5, r.held  # writers waited for most of the build
     assert any(e["waiter"] == "insert_order" and e["blocker_mode"] == "ShareLock" for e in r.blocking_chain)
 
 
@@ -121,10 +120,34 @@ def test_bad_setup_sql_names_the_statement_and_leaves_no_sandbox(box_name):
     assert not schema_exists(box_name)
 
 
-def test_setup_sql_tables_can_be_migrated(box_name):
+def test_setup_sql_tables_can_be_migrated_but_are_not_measured(box_name):
     r = measure("ALTER TABLE teams ADD COLUMN name text", rows=ROWS, sandbox_name=box_name,
                 setup_sql="CREATE TABLE teams (id int PRIMARY KEY); INSERT INTO teams SELECT generate_series(1, 10)")
-    assert r.verdict == "safe" and r.statements[0]["error"] is None
+    assert r.statements[0]["error"] is None
+    # The workload never touches teams: the run cannot say the app would not notice.
+    assert r.verdict == "not measured" and r.unmeasured_tables == ["teams"], r.judgement
+    assert "never touched" in str(r) and "reads and writes users, orders" in str(r)
+
+
+def test_a_rewrite_of_a_team_table_is_not_called_safe(box_name):
+    setup = ("CREATE TABLE events (id int PRIMARY KEY, at int); "
+             "INSERT INTO events SELECT g, g FROM generate_series(1, 50000) g")
+    r = measure("ALTER TABLE events ALTER COLUMN at TYPE bigint", rows=ROWS, sandbox_name=box_name, setup_sql=setup)
+    assert r.tables["events"] == "rewritten" and r.verdict == "not measured", r.judgement
+
+
+def test_requests_that_fail_because_of_the_migration_are_breaking(box_name):
+    r = measure("ALTER TABLE users RENAME COLUMN name TO full_name", rows=ROWS, sandbox_name=box_name)
+    assert r.statements[0]["error"] is None and r.verdict == "breaking", r.judgement
+    assert sum(r.failures_after_start.values()) > 0 and "UndefinedColumn" in str(r)
+
+
+def test_a_build_that_blocks_writes_is_blocking_at_any_size(box_name):
+    # At 200,000 rows the build is short, often within the run's noise; its writers still waited
+    # on its ShareLock for most of its run, so it is blocking (and longer on a larger table).
+    r = measure("CREATE INDEX ON orders (status, created_at)", rows=200_000, sandbox_name=box_name)
+    assert r.verdict == "blocking", r.judgement
+    assert "ShareLock" in r.blocked_modes() and "larger table" in " ".join(r.judgement.reasons)
 
 
 def test_prepared_select_star_breaks_after_an_instant_add_column(box_name):
@@ -133,5 +156,6 @@ def test_prepared_select_star_breaks_after_an_instant_add_column(box_name):
     assert star.rewritten_tables == []  # lock-safe and instant ...
     broken = {e: n for e, n in star.failures_by_error.items() if "cached plan must not change result type" in e}
     assert broken and sum(broken.values()) >= 10, star.failures_by_error  # ... and still breaks the app
+    assert star.verdict == "breaking", star.judgement
     columns = measure(sql, rows=ROWS, sandbox_name=box_name, select_star=False)
     assert columns.failed_requests == 0, columns.failures_by_error

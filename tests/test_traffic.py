@@ -137,10 +137,11 @@ def test_report_renders_as_text_html_dict_and_plot(seeded, tmp_path):
                     "ALTER TABLE users ADD COLUMN x timestamptz DEFAULT clock_timestamp()", "SELECT 1/0"):
             t.run(conn, sql)
         assert t.wait_for_requests(len(t.requests) + 400)
-    report = t.report(threshold_ms=200, verdict="blocking", rows=ROWS)
+    report = t.report(rows=ROWS)
     assert isinstance(report, Report)
     text = str(report)
-    assert "BLOCKING" in text and "LOCK TABLE users" in text and "DivisionByZero" in text
+    assert report.verdict == "failed" and report.judgement.blocked  # 1/0 failed; the held lock blocked
+    assert "FAILED" in text and "LOCK TABLE users" in text and "DivisionByZero" in text
     html = report._repr_html_()
     assert html.startswith("<table") and "users rewritten" in html
     data = report.to_dict()
@@ -151,9 +152,10 @@ def test_report_renders_as_text_html_dict_and_plot(seeded, tmp_path):
         assert key in data
     assert data["rewritten_tables"] == ["users"] and data["rows"] == ROWS
     assert {"sql", "duration_ms", "error"} <= set(data["statements"][0])
-    assert 300 <= data["longest_stall_ms"] <= 2000
+    sleep = next(s for s in data["statements"] if s["sql"] == "SELECT pg_sleep(0.4)")
+    assert data["longest_stall_ms"] >= 0.8 * sleep["duration_ms"]  # the app waited while the lock was held
 
-    fig = t.plot(threshold_ms=200, verdict="blocking")
+    fig = t.plot(rows=ROWS)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     # One shaded span per statement plus the lock-wait band(s) at the bottom.

@@ -16,6 +16,7 @@ import os as _os
 # JupySQL sends usage telemetry unless this is set; the kit switches it off everywhere.
 _os.environ.setdefault("PLOOMBER_STATS_ENABLED", "false")
 
+from .claims import ClaimFailed, confirm  # noqa: E402
 from .db import connect, database_url  # noqa: E402
 from .errors import ZdlabError  # noqa: E402
 from .locks import locks_taken  # noqa: E402
@@ -25,4 +26,4 @@ from .seed import DEMO_TABLES, seed  # noqa: E402
 from .traffic import AppVersion, traffic  # noqa: E402
 
 __all__ = ["connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES", "ZdlabError",
-           "traffic", "AppVersion", "measure", "locks_taken"]
+           "traffic", "AppVersion", "measure", "locks_taken", "confirm", "ClaimFailed"]

@@ -45,13 +45,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import psycopg
 
 from . import config, statements
 from .errors import ZdlabError, first_line
 from .sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from .report import Report
 
 Status = Literal["correct", "incorrect", "not_attempted"]
 
@@ -120,6 +123,20 @@ class Result:
             return
         display({"text/plain": self.text(), "text/html": self._repr_html_()}, raw=True)
         self._shown_in = ip.execution_count
+
+
+def require_unnoticed(report: Report, what: str = "your steps") -> str:
+    """Raise ``Incorrect`` unless the app did not notice the run (``zdlab.judge``'s verdict).
+
+    Returns one line saying what was measured against what, for the success message."""
+    j = report.judgement
+    if j is None:
+        raise CouldNotCheck("the run was not judged: this is a bug in the checker.")
+    if j.verdict in ("breaking", "blocking"):
+        who = f" Longest wait: {report.blocking_chain[0]['edge']}." if report.blocking_chain else ""
+        raise Incorrect(f"the application noticed {what}: {j.reasons[0]}.{who}")
+    return (f"the longest app wait on the migration was {j.stall_ms:,.0f} ms against this run's noise of "
+            f"{j.limit_ms:,.0f} ms, and no statement blocked for its whole run")
 
 
 def strict() -> bool:

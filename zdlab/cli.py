@@ -118,7 +118,7 @@ def _measure(args: argparse.Namespace) -> int:
     from .measure import measure
 
     sql, setup = _inputs(args)
-    report = measure(sql, rows=args.rows, threshold_ms=args.threshold_ms, setup_sql=setup,
+    report = measure(sql, rows=args.rows, allowed_ms=args.allowed_ms, setup_sql=setup,
                      workers=args.workers, sandbox_name=_scratch_sandbox("measure"), progress=False)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("measure", help="run a migration file against live traffic and report its impact")
     p.add_argument("file", help="the migration (.sql)")
     p.add_argument("--rows", type=int, default=100_000, help="users (and orders) to seed (default 100000)")
-    p.add_argument("--threshold-ms", type=float, default=200.0,
-                   help="longest stall above which the verdict is 'blocking' (default 200)")
+    p.add_argument("--allowed-ms", type=float, default=0.0,
+                   help="a wait the migration accepts on top of the run's own noise, e.g. its lock_timeout "
+                        "(default 0: any wait on the migration longer than the noise is 'blocking')")
     p.add_argument("--workers", type=int, default=4, help="application workers (default 4)")
     p.add_argument("--setup", help="SQL run first, to create a team's own tables")
     p.add_argument("--json", action="store_true", help="print one JSON object")

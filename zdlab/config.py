@@ -74,6 +74,24 @@ def port() -> int:
     return int(raw)
 
 
+def demo_scale() -> float:
+    """ZDLAB_DEMO_SCALE: multiply every seeded table's size (default 1).
+
+    The any-machine runs (`make test-extremes`) use it to show that every verdict holds at half
+    and at twice the demo size; a facilitator on slow laptops can use it to shorten the demos."""
+    raw = os.environ.get("ZDLAB_DEMO_SCALE", "").strip()
+    if not raw:
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not 0.01 <= scale <= 100:
+        raise BadInput(f"ZDLAB_DEMO_SCALE={raw!r} is not a usable scale. Set it to a number between 0.01 and "
+                       f"100 (for example ZDLAB_DEMO_SCALE=0.5 for demos half the size), or unset it.")
+    return scale
+
+
 def learner() -> str | None:
     """ZDLAB_LEARNER: on a shared server, each learner works in a database of their own.
 

@@ -4,8 +4,10 @@
     report          # safe / blocking / failed, with the numbers
     report.plot()   # the timeline
 
-Verdicts: ``failed`` when a statement errored, ``blocking`` when app requests waited on a
-lock for longer than ``threshold_ms`` in one stretch, otherwise ``safe``.
+Verdicts (``zdlab.judge``, the kit's one rule, judged against the same run): ``failed`` when a
+statement errored, ``breaking`` when app requests failed once it started, ``blocking`` when app
+requests waited on it longer than this run's noise or on a lock a statement held for most of
+its run, ``not measured`` when it touched a table the workload does not, otherwise ``safe``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import operator
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -31,7 +34,7 @@ WARMUP_PER_KIND = 6  # psycopg prepares after 5 runs; the prepared-statement tra
 WARMUP_TIMEOUT_S = 10.0
 
 
-def measure(sql: str | Path, rows: int = 100_000, *, threshold_ms: float = 200, workers: int = 4,
+def measure(sql: str | Path, rows: int = 100_000, *, allowed_ms: float = 0.0, workers: int = 4,
             setup_sql: str | Path | None = None, select_star: bool = False, sandbox_name: str = "measure",
             keep: bool = False, progress: bool | None = None) -> Report:
     """Measure ``sql`` (SQL text, or a ``Path`` to a .sql file) in a fresh sandbox seeded with ``rows``
@@ -60,7 +63,7 @@ def measure(sql: str | Path, rows: int = 100_000, *, threshold_ms: float = 200, 
         seed(sb, rows, progress=_in_notebook() if progress is None else progress)
         if setup_sql:
             run_setup(sb, setup_sql)
-        report = measure_in(sb, sql, threshold_ms=threshold_ms, workers=workers,
+        report = measure_in(sb, sql, allowed_ms=allowed_ms, workers=workers,
                             select_star=select_star, rows=rows)
         ok = True
         return report
@@ -73,35 +76,76 @@ def measure(sql: str | Path, rows: int = 100_000, *, threshold_ms: float = 200, 
                     sb.drop()
 
 
-def measure_in(sb: Sandbox, sql: str, *, threshold_ms: float = 200, workers: int = 4,
-               select_star: bool = False, rows: int | None = None, settle_s: float = SETTLE_S) -> Report:
-    """Measure ``sql`` on an already seeded sandbox (the tables it changes stay changed)."""
-    stmts = statements.split(statements.migration_text(sql))
+Step = str | Callable[[psycopg.Connection], object]
+
+
+def plan_steps(steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection], object],
+               what: str = "the migration") -> list[tuple[str, Step]]:
+    """``(label, step)`` pairs: every SQL statement on its own, functions as they are.
+
+    A string holds one or more statements (a migration file); a list may mix SQL strings and
+    functions that take the migration's connection (a batched backfill, a retry loop).
+    """
+    if isinstance(steps, Path):
+        steps = statements.migration_text(steps)
+    items = [steps] if isinstance(steps, str) or callable(steps) else steps
+    if not isinstance(items, Sequence) or isinstance(items, bytes):
+        raise BadInput(f"{what} should be SQL text or a list of SQL strings and functions, not "
+                       f"{type(steps).__name__}.")
+    out: list[tuple[str, Step]] = []
+    for i, item in enumerate(items, 1):
+        if isinstance(item, str):
+            out += [(statements.short_sql(sql), sql) for sql in statements.split(item)]
+        elif callable(item):
+            out.append((f"{getattr(item, '__name__', 'function')}(conn)", item))
+        else:
+            raise BadInput(f"step {i} is a {type(item).__name__}; each step of {what} must be a SQL "
+                           f"string or a function taking a connection.")
+    if not out:
+        raise BadInput(f"{what} holds no SQL statement and no function: nothing to run.")
+    return out
+
+
+def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection], object], *,
+               workers: int = 4, select_star: bool = False, rows: int | None = None,
+               settle_s: float = SETTLE_S, allowed_ms: float = 0.0,
+               statement_timeout: str | None = None) -> Report:
+    """The kit's one runner: run ``steps`` on an already seeded sandbox under traffic, and judge.
+
+    ``steps``: SQL text (one or more statements), or a list of SQL strings and functions taking
+    the migration's autocommit connection. Steps run in order on that one connection; after the
+    first that fails the others are not run, and a transaction left open is rolled back. The
+    report carries the verdict of ``zdlab.judge`` (``allowed_ms``: a bound the migration chose,
+    such as its lock_timeout). The tables the steps change stay changed.
+    """
+    plan = plan_steps(steps)
     failed = False
     not_run = 0
     with sb.connect("migration") as mig, traffic(sb, workers, select_star=select_star) as t:
+        if statement_timeout:  # a runaway step (a learner's) must not hang the run
+            mig.execute("SELECT set_config('statement_timeout', %s, false)", [statement_timeout])
         time.sleep(settle_s)  # baseline traffic, so the plot shows normal latency first
         t.wait_for_requests(workers * len(KINDS) * WARMUP_PER_KIND, timeout=WARMUP_TIMEOUT_S)
-        for i, stmt in enumerate(stmts):
+        for i, (label, step) in enumerate(plan):
             # Autocommit sends BEGIN/COMMIT verbatim: Postgres itself opens and closes the block.
-            span = t.run(mig, stmt)
-            if span.error:
-                failed = True
-                not_run = len(stmts) - i - 1
+            if isinstance(step, str):
+                failed = t.run(mig, step, label=label).error is not None
+            else:
+                try:
+                    with t.statement(label, conn=mig):
+                        step(mig)
+                except Exception:  # recorded on the span by statement(); a verdict, never a traceback
+                    failed = True
+            if failed:
+                not_run = len(plan) - i - 1
                 break
-        if mig.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        if not mig.closed and mig.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
             # A failed block (or one the file never closed) must not keep its locks while we wait.
             why = "after the error" if failed else "the migration left its transaction open"
             t.run(mig, "ROLLBACK", label=f"ROLLBACK ({why})")
         time.sleep(settle_s)  # the tail: does traffic recover?
-    report = t.report(threshold_ms=threshold_ms, rows=rows)
+    report = t.report(rows=rows, allowed_ms=allowed_ms)
     report.statements_not_run = not_run
-    if failed:
-        report.verdict = "failed"
-    elif report.longest_stall_ms is not None and report.longest_stall_ms > threshold_ms:
-        report.verdict = "blocking"
-    else:
-        report.verdict = "safe"
     return report
 
 

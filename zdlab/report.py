@@ -8,17 +8,21 @@ a checkpoint or autovacuum. Latency is shown as context.
 from __future__ import annotations
 
 import html
+import re
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from .judge import Judgement
     from .traffic import Request, Sample, Span, Traffic
 
-VERDICT_COLORS = {"safe": "#1a7f37", "blocking": "#cf222e", "failed": "#9a6700"}
+VERDICT_COLORS = {"safe": "#1a7f37", "blocking": "#cf222e", "breaking": "#cf222e", "failed": "#9a6700",
+                  "not measured": "#57606a"}
 
 
 @dataclass
@@ -28,6 +32,8 @@ class Timeline:
     requests: list[Request] = field(default_factory=list)
     spans: list[Span] = field(default_factory=list)
     stalls: list[tuple[float, float]] = field(default_factory=list)  # (start, end) seconds
+    caused: list[tuple[float, float]] = field(default_factory=list)  # queued behind a non-app session
+    samples: list[Sample] = field(default_factory=list)
     duration_s: float = 0.0
 
 
@@ -49,13 +55,22 @@ class Report:
     sample_interval_ms: float | None = None  # median of the measured gaps
     lock_wait_ms: float | None = None  # None when the sampler was off
     longest_stall_ms: float | None = None
+    migration_stall_ms: float | None = None  # the longest stretch queued behind a non-app session
+    held: list[dict[str, Any]] = field(default_factory=list)  # per statement: its held locks' waiters
+    failures_after_start: dict[str, int] = field(default_factory=dict)  # app errors once it began
+    touched_tables: list[str] = field(default_factory=list)  # what the workload reads and writes
+    unmeasured_tables: list[str] = field(default_factory=list)  # locked or named, never touched
     blocking_chain: list[dict[str, Any]] = field(default_factory=list)
     statements: list[dict[str, Any]] = field(default_factory=list)
     statements_not_run: int = 0
     tables: dict[str, str] = field(default_factory=dict)  # table -> kept / rewritten / dropped
-    threshold_ms: float | None = None
     verdict: str | None = None
+    judgement: Judgement | None = field(default=None, repr=False, compare=False)
     timeline: Timeline = field(default_factory=Timeline, repr=False, compare=False)
+
+    @property
+    def noise_ms(self) -> float | None:
+        return None if self.judgement is None else self.judgement.noise_ms
 
     @property
     def rewritten_tables(self) -> list[str]:
@@ -76,16 +91,21 @@ class Report:
             "p50_latency_ms": _r(self.p50_latency_ms), "p99_latency_ms": _r(self.p99_latency_ms),
             "max_latency_ms": _r(self.max_latency_ms), "sampled": self.sampled, "samples": self.samples,
             "sample_interval_ms": _r(self.sample_interval_ms), "lock_wait_ms": _r(self.lock_wait_ms),
-            "longest_stall_ms": _r(self.longest_stall_ms), "blocking_chain": [dict(b) for b in self.blocking_chain],
+            "longest_stall_ms": _r(self.longest_stall_ms), "migration_stall_ms": _r(self.migration_stall_ms),
+            "noise_ms": _r(self.noise_ms), "held": [dict(h) for h in self.held],
+            "reasons": list(self.judgement.reasons) if self.judgement else [],
+            "failures_after_start": dict(self.failures_after_start),
+            "touched_tables": list(self.touched_tables), "unmeasured_tables": list(self.unmeasured_tables),
+            "blocking_chain": [dict(b) for b in self.blocking_chain],
             "tables": dict(self.tables), "rewritten_tables": self.rewritten_tables,
-            "dropped_tables": self.dropped_tables, "threshold_ms": self.threshold_ms, "verdict": self.verdict,
+            "dropped_tables": self.dropped_tables, "verdict": self.verdict,
         }
 
     # -- rendering ---------------------------------------------------------------------------
 
     def _headline(self) -> str:
         stall = "not sampled" if self.longest_stall_ms is None else f"{self.longest_stall_ms:,.0f} ms"
-        threshold = f" (threshold {self.threshold_ms:,.0f} ms)" if self.threshold_ms is not None else ""
+        threshold = f" (this run's noise {self.judgement.limit_ms:,.0f} ms)" if self.judgement is not None else ""
         verdict = f"{self.verdict.upper()}: " if self.verdict else ""
         # Lock-safe is not app-safe (e.g. prepared SELECT * after ADD COLUMN): say so up front.
         failed = f", but {self.failed_requests:,} app requests failed" if self.failed_requests else ""
@@ -99,6 +119,8 @@ class Report:
     def _lines(self) -> list[tuple[str, str]]:
         """(label, value) pairs shared by the text and HTML forms."""
         lines = [("verdict", self._headline())]
+        for reason in self.judgement.reasons if self.judgement else []:
+            lines.append(("  because", reason))
         if self.lock_wait_ms is not None:
             lines.append(("lock wait", f"{self.lock_wait_ms:,.0f} ms of app requests waiting on a lock "
                                        f"({self.samples} samples, every {self.sample_interval_ms or 0:.0f} ms)"))
@@ -115,9 +137,12 @@ class Report:
             lines.append(("statement", f"{dur:>9}  {s['label']}{err}"))
         if self.statements_not_run:
             lines.append(("not run", f"{self.statements_not_run} statement(s) after the failure"))
-        tables = ", ".join(f"{t} {state}" for t, state in self.tables.items())
+        tables = ", ".join(f"{t} {state}" for t, state in self.tables.items()
+                           if t in self.touched_tables or state != "kept" or t in self.unmeasured_tables)
         if tables:
             lines.append(("tables", tables))
+        if self.touched_tables:
+            lines.append(("workload", f"reads and writes {', '.join(self.touched_tables)}"))
         for b in self.blocking_chain[:6]:
             lines.append(("blocked", f"{b['edge']} ({b['samples']} samples)"))
         if self.server_version or self.rows:
@@ -140,6 +165,71 @@ class Report:
     def plot(self) -> Figure:
         return plot(self)
 
+    def blocked_modes(self) -> set[str]:
+        """The lock modes app requests waited for, and the modes their blocker held, on any table."""
+        return {m for b in self.blocking_chain for m in (b.get("wanted_mode"), b.get("blocker_mode")) if m}
+
+    def measured(self) -> str:
+        """One line: the verdict and the figures of this run it rests on."""
+        j = self.judgement
+        if j is None:
+            return f"{self.verdict or 'not judged'}"
+        modes = sorted({b["blocker_mode"] for b in self.blocking_chain if b.get("blocker_mode")})
+        held = max(self.held, key=lambda h: h["coverage"], default=None)
+        parts = [f"{j.verdict.upper()}", f"longest wait on the migration {j.stall_ms:,.0f} ms against this "
+                 f"run's noise {j.limit_ms:,.0f} ms"]
+        if held and held["samples"]:
+            parts.append(f"waiters during {held['coverage']:.0%} of `{held['label'][:40]}`'s work")
+        if modes:
+            parts.append(f"blocker held {'+'.join(modes)}")
+        if self.failures_after_start:
+            parts.append(f"{sum(self.failures_after_start.values()):,} app requests failed")
+        return "; ".join(parts)
+
+    def waits_on(self, span: Span) -> list[dict[str, Any]]:
+        """Blocking-chain edges whose blocker is this statement (the migration, running its text)."""
+        sql = " ".join(span.sql.split())
+        return [e for e in self.blocking_chain
+                if e["blocker"] == "migration" and sql.startswith(e["blocker_query"].rstrip("…"))]
+
+    def during(self, span: Span | str) -> dict[str, Any]:
+        """What one statement did to the app (``span`` or its label): stall, held locks, blocked?
+
+        The stall is the longest wait on a non-app session overlapping the statement (plus one
+        sample, which sees the wait end); ``blocked`` applies the run's rule to that statement."""
+        from .judge import blocks
+
+        if isinstance(span, str):
+            found = [s for s in self.timeline.spans if s.label == span]
+            if not found:
+                raise KeyError(f"no statement labelled {span!r} in this report")
+            span = found[0]
+        end = (span.end if span.end is not None else self.duration_s) + 2 * (self.sample_interval_ms or 10) / 1000
+        stall = max(((b - a) * 1000 for a, b in self.timeline.caused if a < end and b > span.start), default=0.0)
+        held = held_by(span, self.timeline.samples)
+        limit = self.judgement.limit_ms if self.judgement else 0.0
+        modes = sorted({e["blocker_mode"] for e in self.waits_on(span) if e.get("blocker_mode")})
+        return {"label": span.label, "stall_ms": stall, "limit_ms": limit, "held": held, "modes": modes,
+                "blocked": blocks(stall, [held] if held else [], limit)}
+
+    def expect(self, *verdicts: str, mode: str | None = None, claim: str | None = None) -> Report:
+        """Confirm what the run showed, printing one line; raise ``ClaimFailed`` when it did not.
+
+        ``"blocking"`` and ``"breaking"`` hold when their evidence is there (a run can show both);
+        any other verdict must be the report's own. ``mode``: a lock mode that must appear in the
+        blocking chain (``"ShareLock"``)."""
+        from .claims import confirm
+
+        j = self.judgement
+        evidence = {"blocking": bool(j and j.blocked), "breaking": bool(j and j.broke)}
+        holds = all(evidence.get(v, self.verdict == v) for v in verdicts)
+        if "safe" in verdicts or "not measured" in verdicts:
+            holds = holds and not (j and (j.blocked or j.broke))
+        holds = holds and (mode is None or any(mode in m for m in self.blocked_modes()))
+        what = claim or (" and ".join(verdicts) + (f", on {mode}" if mode else ""))
+        confirm(what, holds, self.measured())
+        return self
+
 
 def _r(x: float | None, digits: int = 1) -> float | None:
     return None if x is None else round(x, digits)
@@ -153,11 +243,13 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def stall_intervals(samples: list[Sample], end: float | None = None) -> tuple[list[tuple[float, float]], float]:
+def stall_intervals(samples: list[Sample], end: float | None = None,
+                    waits: Callable[[Sample], dict] | None = None) -> tuple[list[tuple[float, float]], float]:
     """Runs of samples with an app backend waiting on a lock, and the total lock-wait time (ms).
 
     A sample stands for the time until the next one (measured, not the nominal interval),
     so a stall lasts from its first waiting sample to the first sample that saw no waiter.
+    ``waits`` picks which waits of a sample count (default: all of them).
     """
     if not samples:
         return [], 0.0
@@ -167,20 +259,20 @@ def stall_intervals(samples: list[Sample], end: float | None = None) -> tuple[li
     wait_s = 0.0
     run_start: float | None = None
     for i, s in enumerate(samples):
+        waiting = s.waiting if waits is None else waits(s)
         nxt = samples[i + 1].t if i + 1 < len(samples) else s.t + typical
         if end is not None:
             nxt = min(nxt, max(end, s.t))
-        wait_s += len(s.waiting) * (nxt - s.t)
-        if s.waiting and run_start is None:
+        wait_s += len(waiting) * (nxt - s.t)
+        if waiting and run_start is None:
             run_start = s.t
-        if run_start is not None and (not s.waiting or i + 1 == len(samples)):
-            stalls.append((run_start, s.t if not s.waiting else nxt))
+        if run_start is not None and (not waiting or i + 1 == len(samples)):
+            stalls.append((run_start, s.t if not waiting else nxt))
             run_start = None
     return stalls, wait_s * 1000
 
 
-def build_report(t: Traffic, *, threshold_ms: float | None = None, verdict: str | None = None,
-                 rows: int | None = None) -> Report:
+def build_report(t: Traffic, *, rows: int | None = None) -> Report:
     """Summarise a traffic run (finished or still going)."""
     from .traffic import Span
 
@@ -196,7 +288,18 @@ def build_report(t: Traffic, *, threshold_ms: float | None = None, verdict: str 
         if r.error:
             failures[r.error] = failures.get(r.error, 0) + 1
     stalls, wait_ms = stall_intervals(samples, t.ended)
+    caused, _ = stall_intervals(samples, t.ended, lambda s: s.queued(working_in(spans)))
     gaps = [b.t - a.t for a, b in zip(samples, samples[1:], strict=False)]
+    began = min((s.start for s in spans), default=None)
+    after: dict[str, int] = {}
+    for r in requests:
+        if r.error and began is not None and r.start + r.latency_ms / 1000 >= began:
+            after[r.error] = after.get(r.error, 0) + 1
+    tables = t.table_states()
+    touched = list(t.touched_tables) if t.touched_tables is not None else []
+    named = {name for s in spans for name in tables if re.search(rf"\b{re.escape(name)}\b", s.sql, re.I)}
+    unmeasured = sorted((named | t.locked_tables) & set(tables) - set(touched)) if t.touched_tables is not None \
+        else []
     chain = [{"waiter": b.waiter, "blocker": b.blocker, "blocker_query": b.blocker_query,
               "wanted_mode": b.wanted_mode, "blocker_mode": b.blocker_mode, "relation": b.relation,
               "edge": str(b), "samples": n} for b, n in t.chain.most_common()]
@@ -209,12 +312,39 @@ def build_report(t: Traffic, *, threshold_ms: float | None = None, verdict: str 
         sample_interval_ms=statistics.median(gaps) * 1000 if gaps else None,
         lock_wait_ms=wait_ms if t.sample else None,
         longest_stall_ms=max(((e - s) * 1000 for s, e in stalls), default=0.0) if t.sample else None,
+        migration_stall_ms=max(((e - s) * 1000 for s, e in caused), default=0.0) if t.sample else None,
+        held=[h for h in (held_by(s, samples) for s in spans) if h is not None],
+        failures_after_start=after, touched_tables=touched, unmeasured_tables=unmeasured,
         blocking_chain=chain,
         statements=[{"label": s.label, "sql": s.sql, "start_s": _r(s.start, 3), "duration_ms": _r(s.duration_ms),
                      "error": s.error} for s in spans],
-        tables=t.table_states(), threshold_ms=threshold_ms, verdict=verdict,
-        timeline=Timeline(requests, spans, stalls, duration),
+        tables=tables,
+        timeline=Timeline(requests, spans, stalls, caused, samples, duration),
     )
+
+
+def working_in(spans: list[Span]) -> Callable[[int, float], bool]:
+    """``working(pid, t)``: ``pid`` runs one of these statements at ``t`` (and holds what it took)."""
+    runs = [(s.pid, s.start, s.end if s.end is not None else float("inf")) for s in spans if s.pid is not None]
+    return lambda pid, t: any(p == pid and a <= t <= b for p, a, b in runs)
+
+
+def held_by(span: Span, samples: list[Sample]) -> dict[str, Any] | None:
+    """How long app requests waited on locks this statement's session held while it worked.
+
+    Samples in which the session itself waited for a lock (queued behind someone) are not its
+    work: the app waiting behind it then is the lock queue, judged by the stall instead."""
+    if span.pid is None:
+        return None
+    end = span.end if span.end is not None else float("inf")
+    inside = [s for s in samples if span.start <= s.t <= end]
+    working = [s for s in inside if span.pid not in s.lock_waiting]
+    held = [s for s in working if any(span.pid in blockers for blockers in s.waiting.values())]
+    gaps = [b.t - a.t for a, b in zip(samples, samples[1:], strict=False)]
+    step_ms = statistics.median(gaps) * 1000 if gaps else 10.0
+    return {"label": span.label, "held_ms": round(len(working) * step_ms, 1),
+            "wait_ms": round(len(held) * step_ms, 1), "samples": len(held),
+            "coverage": round(len(held) / len(working), 3) if working else 0.0}
 
 
 def _inline_in_notebook() -> None:

@@ -30,7 +30,8 @@ from psycopg.pq import TransactionStatus
 
 from . import statements
 from .errors import BadInput
-from .report import stall_intervals
+from .judge import blocks, noise_ms
+from .report import held_by, stall_intervals, working_in
 from .sandbox import Sandbox
 from .traffic import AppVersion, Traffic, describe_error, traffic
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
     from .report import Report
 
-THRESHOLD_MS = 200.0
 SETTLE_S = 1.0  # baseline before the first step and tail after the last: shows the contrast
 WARMUP_PER_KIND = 6  # psycopg prepares after 5 runs: old code must hold prepared plans, as a real pool does
 AFTER_STEP_REQUESTS = 3  # per worker and request kind, served after a step before its line is printed
@@ -161,10 +161,11 @@ class StepScore:
     note: str | None = None
     failures: Counter = field(default_factory=Counter)  # (app, error) -> count
     requests: int = 0
-    longest_stall_ms: float = 0.0
+    longest_stall_ms: float = 0.0  # app requests waiting on the migration, within this step's window
+    noise_ms: float = 0.0  # the run's own noise so far (zdlab.judge): what a wait is compared with
+    held: dict[str, Any] | None = None  # the step's held locks and their waiters (zdlab.report.held_by)
     rewritten: bool = False
     data: str = ""  # "ok" or what differs
-    threshold_ms: float = THRESHOLD_MS
 
     @property
     def duration_ms(self) -> float:
@@ -179,7 +180,7 @@ class StepScore:
         if self.error:
             return "ERROR"
         bad = []
-        if self.longest_stall_ms > self.threshold_ms:
+        if blocks(self.longest_stall_ms, [self.held] if self.held else [], self.noise_ms):
             bad.append("BLOCKING")
         if self.failed:
             apps = sorted({app for app, _ in self.failures})
@@ -207,13 +208,12 @@ class Scoreboard:
     """Application traffic plus per-step scores; use as a context manager (see module docstring)."""
 
     def __init__(self, sb: Sandbox, apps: list[AppVersion], *, workers: int = 4,
-                 threshold_ms: float = THRESHOLD_MS, table: str = "orders", key: str = "id",
+                 table: str = "orders", key: str = "id",
                  checksum: str = DEFAULT_CHECKSUM, insert_kinds: tuple[str, ...] = ("place_order",),
                  settle_s: float = SETTLE_S, echo: bool = True) -> None:
         self.sb = sb
         self.apps = apps
         self.workers = workers
-        self.threshold_ms = threshold_ms
         self.table = table
         self.key = key
         self.checksum = checksum
@@ -290,11 +290,11 @@ class Scoreboard:
             self.steps[-1].window_end = t.now()
             self._score(self.steps[-1])
         shown = action if isinstance(action, str) else getattr(action, "shown", getattr(action, "__name__", "?"))
-        score = StepScore(len(self.steps) + 1, label, shown, t.now(), threshold_ms=self.threshold_ms)
+        score = StepScore(len(self.steps) + 1, label, shown, t.now())
         self.steps.append(score)
         self._retrying = retries
         self._retry_count = 0
-        with t.statement(label, shown) as span:
+        with t.statement(label, shown, conn=self._conn) as span:
             try:
                 score.note = self._run(action)
             except psycopg.Error as exc:
@@ -359,9 +359,13 @@ class Scoreboard:
         window = [r for r in list(t.requests) if score.start <= r.start < end]
         score.requests = len(window)
         score.failures = Counter((r.app, r.error) for r in window if r.error)
-        stalls = self._stall_list(final=score.window_end is not None and not t.running)
+        final = score.window_end is not None and not t.running
+        stalls = self._stall_list(final)
         score.longest_stall_ms = max(((min(e, end) - max(s, score.start)) * 1000
                                       for s, e in stalls if e > score.start and s < end), default=0.0)
+        score.noise_ms = noise_ms(t.report())  # the run so far: requests up to this step included
+        span = next((s for s in t.spans if s.label == score.label and abs(s.start - score.start) < 0.05), None)
+        score.held = held_by(span, list(t.samples)) if span is not None else None
         if self._conn is not None and not self._conn.closed:
             node = self._node()
             score.rewritten = score.rewritten or node != self._filenode
@@ -371,7 +375,8 @@ class Scoreboard:
     def _stall_list(self, final: bool) -> list[tuple[float, float]]:
         if final and self._stalls is not None:
             return self._stalls
-        stalls, _ = stall_intervals(list(self.traffic.samples), self.traffic.ended)
+        working = working_in(list(self.traffic.spans))
+        stalls, _ = stall_intervals(list(self.traffic.samples), self.traffic.ended, lambda s: s.queued(working))
         if final:
             self._stalls = stalls
         return stalls
@@ -433,6 +438,11 @@ class Scoreboard:
         return max((s.longest_stall_ms for s in self.steps), default=0.0)
 
     @property
+    def noise_ms(self) -> float:
+        """The run's own noise (zdlab.judge): the last step's figure, taken over the whole run."""
+        return self.steps[-1].noise_ms if self.steps else 0.0
+
+    @property
     def data_identical(self) -> bool:
         """Rows that existed before: same count and checksum; rows inserted: as many as the app saw succeed."""
         return (self.after is not None and self.before is not None and self.after.rows == self.before.rows
@@ -453,15 +463,7 @@ class Scoreboard:
     def report(self) -> Report:
         """The traffic report of the whole run (zdlab.report.Report)."""
         if self._report is None or self.traffic.running:
-            report = self.traffic.report(threshold_ms=self.threshold_ms)
-            # The same verdicts as measure(): failed (a step errored), blocking, safe.
-            if any(s.error for s in self.steps):
-                report.verdict = "failed"
-            elif self.longest_stall_ms > self.threshold_ms:
-                report.verdict = "blocking"
-            else:
-                report.verdict = "safe"
-            self._report = report
+            self._report = self.traffic.report()  # the same rule as measure(): zdlab.judge
         return self._report
 
     def plot(self) -> Figure:
@@ -477,7 +479,7 @@ class Scoreboard:
         lines.append(f"total: {len(t.requests):,} requests ("
                      + ", ".join(f"{a} {n:,}" for a, n in sorted(by_app.items()))
                      + f"), failed {self.failed_requests}, longest stall {self.longest_stall_ms:,.0f} ms "
-                       f"(threshold {self.threshold_ms:,.0f} ms)")
+                       f"(this run's noise {self.noise_ms:,.0f} ms)")
         for (app, err), n in self.failures.most_common():
             lines.append(f"  failed: {n} x {app}: {err}")
         lines.append(self.data_line())

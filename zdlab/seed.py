@@ -101,8 +101,11 @@ def seed(box: Sandbox, rows: int = 100_000, *, orders: int | None = None, progre
     """
     if rows < 1:
         raise ValueError("rows must be at least 1")
+    scale = config.demo_scale()  # 1 unless ZDLAB_DEMO_SCALE is set (the any-machine runs)
+    n_orders = rows if orders is None else orders
+    rows, n_orders = max(1, round(rows * scale)), max(0, round(n_orders * scale))
     try:
-        return _seed(box, rows, rows if orders is None else orders, progress)
+        return _seed(box, rows, n_orders, progress)
     except psycopg.OperationalError as exc:  # the server went away, or someone ended our sessions
         raise ZdlabError(
             f"The seed of {box.schema} stopped halfway: {first_line(exc)}. Nothing half-loaded was "

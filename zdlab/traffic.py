@@ -74,6 +74,14 @@ WHERE w.pid = ANY(%s) AND NOT w.granted
 """
 
 
+# Tables of the sandbox a migration session holds a lock on (granted), sampled while it runs.
+_MIGRATION_LOCKS_SQL = """
+SELECT DISTINCT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+WHERE l.pid = ANY(%s) AND l.granted AND c.relkind IN ('r', 'p')
+  AND c.relnamespace = to_regnamespace(quote_ident(%s))
+"""
+
+
 @dataclass
 class Request:
     start: float  # seconds since traffic start
@@ -121,6 +129,7 @@ class Span:
     start: float
     end: float | None = None
     error: str | None = None
+    pid: int | None = None  # the migration session that ran it, when there was one
 
     @property
     def duration_ms(self) -> float | None:
@@ -131,6 +140,20 @@ class Span:
 class Sample:
     t: float  # seconds since traffic start, taken when the poll was sent
     waiting: dict[int, tuple[int, ...]] = field(default_factory=dict)  # app pid -> blocker pids
+    apps: frozenset[int] = frozenset()  # app backends seen: a wait on one of them is app-on-app
+    lock_waiting: frozenset[int] = frozenset()  # other sessions (migrations) themselves waiting for a lock
+
+    def queued(self, working: Callable[[int, float], bool]) -> dict[int, tuple[int, ...]]:
+        """The waits on a session that is not the application and is not working on a migration
+        statement while holding its lock: it queues for a lock itself (the lock queue), or it is a
+        transaction left open. ``working(pid, t)``: that pid runs a migration statement at ``t``.
+        Waits on a working statement are judged per statement (``zdlab.report.held_by``)."""
+        out = {}
+        for waiter, blockers in self.waiting.items():
+            theirs = tuple(b for b in blockers if b not in self.apps)
+            if not blockers or any(b in self.lock_waiting or not working(b, self.t) for b in theirs):
+                out[waiter] = theirs  # no blocker named: it went between two polls; count it
+        return out
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,10 @@ class Traffic:
         self._edges: dict[tuple[int, int], Block] = {}  # (waiter pid, blocker pid) -> resolved edge
         self._max_user = 1
         self._max_order = 0
+        # What the judge needs to say what was measured: the tables the workload touches (None:
+        # custom app versions, whose SQL we do not read) and the ones the migration locked.
+        self.touched_tables: tuple[str, ...] | None = DEMO_TABLES if apps is None else None
+        self.locked_tables: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -285,7 +312,7 @@ class Traffic:
 
         A database error is recorded on the span and, unless ``raise_errors``, not raised.
         """
-        span = Span(label or short_sql(sql), sql, self.now())
+        span = Span(label or short_sql(sql), sql, self.now(), pid=conn.info.backend_pid)
         self.spans.append(span)
         try:
             conn.execute(sql, prepare=False)
@@ -298,9 +325,12 @@ class Traffic:
         return span
 
     @contextlib.contextmanager
-    def statement(self, label: str, sql: str = "") -> Iterator[Span]:
-        """Time any block as a labelled span; an exception is recorded and re-raised."""
-        span = Span(label, sql or label, self.now())
+    def statement(self, label: str, sql: str = "", conn: psycopg.Connection | None = None) -> Iterator[Span]:
+        """Time any block as a labelled span; an exception is recorded and re-raised.
+
+        ``conn``: the connection the block runs its SQL on, so the judge can tell the locks
+        it held from the ones it waited for."""
+        span = Span(label, sql or label, self.now(), pid=None if conn is None else conn.info.backend_pid)
         self.spans.append(span)
         try:
             yield span
@@ -319,26 +349,29 @@ class Traffic:
         with self.sb.connect("traffic") as conn:
             return self._table_states(conn)
 
-    def report(self, *, threshold_ms: float | None = None, verdict: str | None = None,
-               rows: int | None = None) -> Report:
+    def report(self, *, rows: int | None = None, allowed_ms: float = 0.0) -> Report:
+        """What the run did to the application, judged by the kit's one rule (``zdlab.judge``).
+
+        ``allowed_ms``: a wait the migration chose to accept (its lock_timeout), on top of the noise."""
+        from .judge import judge
         from .report import build_report
 
-        return build_report(self, threshold_ms=threshold_ms, verdict=verdict, rows=rows)
+        report = build_report(self, rows=rows)
+        judge(report, allowed_ms=allowed_ms)
+        return report
 
     def plot(self, **kwargs: object) -> Figure:
-        return self.report(**kwargs).plot()
+        return self.report(**kwargs).plot()  # type: ignore[arg-type]
 
     # -- internals ---------------------------------------------------------------------------
 
     def _filenodes(self, conn: psycopg.Connection) -> dict[str, tuple[int, int | None]]:
-        out = {}
-        for table in DEMO_TABLES:
-            row = conn.execute("SELECT oid, pg_relation_filenode(oid) FROM pg_class "
-                               "WHERE oid = to_regclass(format('%%I.%%I', %s::text, %s::text))",
-                               [self.sb.schema, table]).fetchone()
-            if row:
-                out[table] = (row[0], row[1])
-        return out
+        """Every table of the sandbox (the demo tables first): oid and file, to spot rewrites."""
+        rows = conn.execute("SELECT relname, oid, pg_relation_filenode(oid) FROM pg_class WHERE relkind = 'r' "
+                            "AND relnamespace = to_regnamespace(quote_ident(%s)) ORDER BY relname",
+                            [self.sb.schema]).fetchall()
+        found = {name: (oid, node) for name, oid, node in rows}
+        return {**{t: found[t] for t in DEMO_TABLES if t in found}, **found}
 
     def _table_states(self, conn: psycopg.Connection) -> dict[str, str]:
         # By oid, not by name: a table swapped in under the old name is a new table.
@@ -438,7 +471,10 @@ class Traffic:
                     continue
                 waiting = {pid: tuple(blockers or ()) for pid, name, wtype, _w, blockers, *_ in rows
                            if name == app and wtype == "Lock"}
-                self.samples.append(Sample(t, waiting))
+                apps = frozenset(pid for pid, name, *_ in rows if name == app)
+                others = frozenset(pid for pid, name, wtype, *_ in rows if name != app and wtype == "Lock")
+                self.samples.append(Sample(t, waiting, apps, others))
+                self._note_migration_locks(conn)
                 if waiting and waiting != previous:
                     self._resolve_chain(conn, prefix, list(waiting))
                 for block in self._last_blocks(waiting):
@@ -447,6 +483,15 @@ class Traffic:
                 self._stop.wait(max(0.0, self.sample_interval - (self.now() - t)))
         finally:
             conn.close()
+
+    def _note_migration_locks(self, conn: psycopg.Connection) -> None:
+        """Tables the running migration statement holds a lock on (what it could block)."""
+        running = [s.pid for s in self.spans[-3:] if s.end is None and s.pid is not None]
+        if not running:
+            return
+        with contextlib.suppress(psycopg.Error):
+            for (table,) in conn.execute(_MIGRATION_LOCKS_SQL, [running, self.sb.schema]).fetchall():
+                self.locked_tables.add(table)
 
     def _resolve_chain(self, conn: psycopg.Connection, prefix: str, pids: list[int]) -> None:
         try:

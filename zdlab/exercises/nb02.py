@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from ..checks import Exercise, Incorrect, Notebook, need_function, need_sql
+from ..checks import Exercise, Incorrect, Notebook, need_function, need_sql, require_unnoticed
 from ..errors import first_line
 from ..migrate import Migration, MigrationError, Migrator
 from ..sandbox import Sandbox
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
     from ..report import Report
 
-STALL_MS = 200  # the course's threshold for "the application noticed"
 
 # -- fingerprints: what "the same schema and the same data" means -----------------------------
 
@@ -346,7 +345,7 @@ class DualWriteTrigger(Exercise):
                 t.deploy(v2, pods=2)  # step 4 begins: two pods of each version
                 start = _served(t, "v2")
                 wait_until(lambda: _served(t, "v2") >= start + 60 and _served(t, "v1") >= 60)
-            report = t.report(threshold_ms=STALL_MS)
+            report = t.report()
             with sb.connect("check") as conn:
                 triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'customers'::regclass "
                                         "AND NOT tgisinternal").fetchone()[0]
@@ -356,9 +355,7 @@ class DualWriteTrigger(Exercise):
             worst = max(report.failures_by_error.items(), key=lambda kv: kv[1])[0]
             raise Incorrect(f"{report.failed_requests} application requests failed while your step ran, "
                             f"for example: {worst}.")
-        if report.longest_stall_ms is not None and report.longest_stall_ms > STALL_MS:
-            raise Incorrect(f"the application waited on a lock for {report.longest_stall_ms:,.0f} ms in one "
-                            f"stretch (threshold {STALL_MS} ms).")
+        require_unnoticed(report, "your step 2")
         if not triggers:
             raise Incorrect("there is no trigger on customers after your SQL ran.")
         if probes:
@@ -464,7 +461,7 @@ class UniqueEmail(Exercise):
                 timer.join()
             start = len(t.requests)
             t.wait_for_requests(start + 40)
-        report = t.report(threshold_ms=STALL_MS, rows=rows)
+        report = t.report(rows=rows)
         if errors:
             raise Incorrect(f"your SQL failed: {errors[0]}")
         with box.connect("check") as conn:
@@ -486,15 +483,15 @@ class UniqueEmail(Exercise):
         if report.failed_requests:
             worst = max(report.failures_by_error.items(), key=lambda kv: kv[1])[0]
             raise Incorrect(f"{report.failed_requests} application requests failed, for example: {worst}.")
-        if report.longest_stall_ms is not None and report.longest_stall_ms > STALL_MS:
-            chain = report.blocking_chain[0]["edge"] if report.blocking_chain else "a lock"
-            raise Incorrect(f"the application's writes waited {report.longest_stall_ms:,.0f} ms in one stretch "
-                            f"(threshold {STALL_MS} ms): {chain}. Your index build held a lock that writes wait "
-                            f"for, and it first queued behind the request in flight: build it CONCURRENTLY, "
-                            f"and keep strong locks to a brief catalog change.")
+        try:
+            measured = require_unnoticed(report, "your statements")
+        except Incorrect as exc:
+            raise Incorrect(f"{exc} Your index build held a lock that writes wait for, or queued behind the "
+                            f"request in flight: build it CONCURRENTLY, and keep strong locks to a brief "
+                            f"catalog change.") from None
         return (f"constraint {found[0]} on users(email) is backed by the valid index {found[1]}; under "
-                f"traffic on {rows:,} users, with a request in flight, the longest stall was "
-                f"{report.longest_stall_ms:,.0f} ms and {report.requests:,} requests ran, none failed.")
+                f"traffic on {rows:,} users, with a request in flight, {measured}; "
+                f"{report.requests:,} requests ran, none failed.")
 
 
 # -- q4: the guarded drop --------------------------------------------------------------------------
