@@ -110,9 +110,32 @@ def test_every_case_has_a_problem_and_a_next_step_on_the_page():
 
 def test_every_documented_case_is_tested():
     tested = ({c.row for c in CLI_CASES} | {c.row for c in API_CASES} | set(DOCUMENTED_ANSWERS.values())
-              | {"answer-could-not-check", "sql-error", "missing-table", "api-not-a-sandbox"})
+              | {"answer-could-not-check", "sql-error", "missing-table", "api-not-a-sandbox", "demo-scale-invalid",
+                 "claim-failed"})
     assert tested == set(ROWS), {"documented, not tested": set(ROWS) - tested,
                                  "tested, not documented": tested - set(ROWS)}
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "1000", "nan"])
+def test_demo_scale_must_be_a_usable_number(value, monkeypatch):
+    from zdlab.config import demo_scale
+
+    monkeypatch.setenv("ZDLAB_DEMO_SCALE", value)
+    with pytest.raises(BadInput) as info:
+        demo_scale()
+    assert_says(info.value.message, "demo-scale-invalid")
+
+
+def test_a_claim_that_does_not_hold_is_one_paragraph(capsys):
+    from zdlab.claims import ClaimFailed, confirm
+
+    confirm("a held claim", True, "what was measured")
+    assert capsys.readouterr().out == "✓ a held claim: what was measured\n"
+    with pytest.raises(ClaimFailed) as info:
+        confirm("the build blocks writes", False, "SAFE; longest wait 0 ms")
+    assert_says(info.value.message, "claim-failed")
+    assert "the build blocks writes" in info.value.message and "SAFE; longest wait 0 ms" in info.value.message
+    assert info.value._render_traceback_() == [f"\x1b[31mClaimFailed\x1b[0m: {info.value.message}"]
 
 
 def test_readme_and_facilitator_guide_point_here():

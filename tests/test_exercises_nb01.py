@@ -116,7 +116,7 @@ def test_q2_batched_backfill(make_sandbox):
     assert right.status == "correct", right.message
     print(right.message)
     at_once = ex.q2.evaluate(backfill_batched=backfill_at_once, sandbox=box)
-    assert at_once.status == "incorrect" and "waited on a lock" in at_once.message, at_once.message
+    assert at_once.status == "incorrect" and "noticed your backfill" in at_once.message, at_once.message
     partial = ex.q2.evaluate(backfill_batched=backfill_first_batch_only, sandbox=box)
     assert partial.status == "incorrect" and "still have no" in partial.message, partial.message
     assert ex.q2.evaluate(backfill_batched=None, sandbox=box).status == "not_attempted"

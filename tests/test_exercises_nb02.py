@@ -120,9 +120,9 @@ def test_q3_right_and_repeatable(seeded):
 
 
 @pytest.mark.parametrize("sql, words", [
-    ("ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email)", "waited"),
+    ("ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email)", "noticed"),
     ("CREATE UNIQUE INDEX users_email_key ON users (email); "
-     "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX users_email_key", "waited"),
+     "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX users_email_key", "noticed"),
     ("CREATE UNIQUE INDEX CONCURRENTLY users_email_key ON users (email)", "A unique index alone is not"),
     ("CREATE UNIQUE INDEX CONCURRENTLY users_email_key ON users (emial)", "your SQL failed"),
 ])
