@@ -116,8 +116,9 @@ def judge(report: Report, *, allowed_ms: float = 0.0) -> Judgement:
             j.reasons.append(f"app requests queued {stall:,.0f} ms in one stretch behind the migration, more than "
                              f"this run's noise ({noise:,.0f} ms{_allowed(allowed_ms)})")
         for h in holders(report.held, rewrote):
-            grows = (f"; a build or rewrite grows with the table: about {h['held_ms'] * 10 / 1000:,.1f} s at "
-                     f"{report.rows * 10:,} rows if linear (notebook 01 measures how)" if report.rows else "")
+            grows = (f"; if its work grows with the table (a build, a rewrite, an UPDATE of every row), about "
+                     f"{h['held_ms'] * 10 / 1000:,.1f} s at {report.rows * 10:,} rows (notebook 01 measures how)"
+                     if report.rows else "")
             j.reasons.append(f"`{h['label']}` held a lock app requests waited on for {h['coverage']:.0%} of its "
                              f"{h['held_ms']:,.0f} ms of work: it blocks as long as it runs, longer on a larger "
                              f"table{grows}")
