@@ -195,8 +195,9 @@ class Report:
     def during(self, span: Span | str) -> dict[str, Any]:
         """What one statement did to the app (``span`` or its label): stall, held locks, blocked?
 
-        The stall is the longest wait on a non-app session overlapping the statement (plus one
-        sample, which sees the wait end); ``blocked`` applies the run's rule to that statement."""
+        ``stall_ms``: the longest stretch of app lock waits overlapping the statement (plus the
+        samples that see the wait end); ``queued_ms``: the part queued behind a non-working
+        session; ``blocked`` applies the run's rule (``zdlab.judge``) to that statement."""
         from .judge import blocks
 
         if isinstance(span, str):
@@ -205,12 +206,17 @@ class Report:
                 raise KeyError(f"no statement labelled {span!r} in this report")
             span = found[0]
         end = (span.end if span.end is not None else self.duration_s) + 2 * (self.sample_interval_ms or 10) / 1000
-        stall = max(((b - a) * 1000 for a, b in self.timeline.caused if a < end and b > span.start), default=0.0)
+
+        def longest(intervals: list[tuple[float, float]]) -> float:
+            return max(((b - a) * 1000 for a, b in intervals if a < end and b > span.start), default=0.0)
+
+        queued = longest(self.timeline.caused)
         held = held_by(span, self.timeline.samples)
         limit = self.judgement.limit_ms if self.judgement else 0.0
         modes = sorted({e["blocker_mode"] for e in self.waits_on(span) if e.get("blocker_mode")})
-        return {"label": span.label, "stall_ms": stall, "limit_ms": limit, "held": held, "modes": modes,
-                "blocked": blocks(stall, [held] if held else [], limit)}
+        return {"label": span.label, "stall_ms": longest(self.timeline.stalls), "queued_ms": queued,
+                "limit_ms": limit, "held": held, "modes": modes,
+                "blocked": blocks(queued, [held] if held else [], limit)}
 
     def expect(self, *verdicts: str, mode: str | None = None, claim: str | None = None) -> Report:
         """Confirm what the run showed, printing one line; raise ``ClaimFailed`` when it did not.

@@ -340,8 +340,8 @@ class DualWriteTrigger(Exercise):
                     span = t.run(mig, stmt, label="your step 2")
                     if span.error:
                         raise Incorrect(f"your SQL failed under traffic: {span.error}")
-                t.run(mig, "SELECT 1", label="step 3: batched backfill")
-                backfill(mig)
+                with t.statement("step 3: batched backfill", conn=mig):
+                    backfill(mig)
                 t.deploy(v2, pods=2)  # step 4 begins: two pods of each version
                 start = _served(t, "v2")
                 wait_until(lambda: _served(t, "v2") >= start + 60 and _served(t, "v1") >= 60)
