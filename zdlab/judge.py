@@ -16,10 +16,11 @@ judges, so a fast laptop and a crowded CI machine reach the same verdict for the
   are the application's own business and do not count against the migration.
 - **held**: for each migration statement, the time app requests waited on a lock that statement's
   session *held while working* (the session itself was not waiting for a lock). A statement whose
-  waiters cover at least ``HELD_COVERAGE`` of its own working time, for at least
-  ``HELD_MIN_SAMPLES`` samples (one, when it rewrote a table the app uses: ``relfilenode``),
-  blocks for as long as it runs, so it blocks longer on a larger table, whatever the stall
-  happened to be at this size.
+  waiters cover at least ``HELD_COVERAGE`` of its own working time, for longer than the slowest
+  request of the run took on its own (and ``HELD_MIN_SAMPLES`` samples; one sample when it
+  rewrote a table the app uses, from ``relfilenode``), blocks for as long as it runs, so it
+  blocks longer on a larger table, whatever the stall happened to be at this size. An instant
+  DDL that a crowded CPU keeps holding its lock for a few ms stays within that floor.
 
 Verdicts, first match wins:
 
@@ -60,6 +61,7 @@ class Judgement:
     allowed_ms: float = 0.0  # a bound the migration chose (its lock_timeout), added to the noise
     held: list[dict] = field(default_factory=list)  # per statement: label, held_ms, wait_ms, coverage
     reasons: list[str] = field(default_factory=list)
+    held_floor_ms: float = 0.0  # a held lock counts once the app waited on it longer than this
     blocked: bool = False  # the blocking evidence, whatever verdict came first
     broke: bool = False  # app requests failed once the migration started
 
@@ -68,39 +70,54 @@ class Judgement:
         return self.noise_ms + self.allowed_ms
 
 
+def _free_latencies(report: Report) -> list[float]:
+    """Latencies (ms, sorted) of the app requests that succeeded and overlapped no lock wait."""
+    stalls = report.timeline.stalls
+    return sorted(r.latency_ms for r in report.timeline.requests
+                  if not r.error and not any(s < r.start + r.latency_ms / 1000 and e > r.start for s, e in stalls))
+
+
 def noise_ms(report: Report) -> float:
     """This run's noise: the slowest request that waited on no lock, or ``NOISE_FACTOR`` x their p99."""
-    stalls = report.timeline.stalls
-    free = sorted(r.latency_ms for r in report.timeline.requests
-                  if not r.error and not any(s < r.start + r.latency_ms / 1000 and e > r.start for s, e in stalls))
+    free = _free_latencies(report)
     p99 = free[min(len(free) - 1, int(0.99 * len(free)))] if free else 0.0
     floor = NOISE_FLOOR_SAMPLES * (report.sample_interval_ms or 10.0)
     return max(NOISE_FACTOR * p99, free[-1] if free else 0.0, floor)
 
 
-def holders(held: list[dict], rewrote: bool = False) -> list[dict]:
-    """The statements that held a lock the app waited on for most of their work.
+def held_floor_ms(report: Report) -> float:
+    """A held lock counts once the app waited on it longer than any request of the run took on its
+    own, and for at least ``HELD_MIN_SAMPLES`` samples: an instant DDL that a crowded CPU keeps
+    holding its lock for a few ms is machine noise, a build that holds it for its whole run is not."""
+    free = _free_latencies(report)
+    return max(free[-1] if free else 0.0, HELD_MIN_SAMPLES * (report.sample_interval_ms or 10.0))
+
+
+def holders(held: list[dict], floor_ms: float, rewrote: bool = False) -> list[dict]:
+    """The statements that held a lock the app waited on for most of their work, for longer than
+    ``floor_ms`` (``held_floor_ms``).
 
     ``rewrote``: a table the app uses got a new file, so a statement held AccessExclusiveLock
     while copying every row: one sample of app requests waiting on it is evidence enough."""
-    least = 1 if rewrote else HELD_MIN_SAMPLES
-    return [h for h in held if h["coverage"] >= HELD_COVERAGE and h["samples"] >= least]
+    return [h for h in held if h["coverage"] >= HELD_COVERAGE and h["samples"] >= 1
+            and (rewrote or h["wait_ms"] > floor_ms)]
 
 
-def blocks(stall_ms: float, held: list[dict], limit_ms: float, rewrote: bool = False) -> bool:
+def blocks(stall_ms: float, held: list[dict], limit_ms: float, floor_ms: float, rewrote: bool = False) -> bool:
     """The blocking half of the rule, for a whole run or for one step's window."""
-    return stall_ms > limit_ms or bool(holders(held, rewrote))
+    return stall_ms > limit_ms or bool(holders(held, floor_ms, rewrote))
 
 
 def judge(report: Report, *, allowed_ms: float = 0.0) -> Judgement:
     """Apply the verdict rule to ``report``; the report keeps the judgement (``report.judgement``)."""
     noise = noise_ms(report)
     stall = report.migration_stall_ms or 0.0
-    j = Judgement("safe", stall, noise, allowed_ms, held=[dict(h) for h in report.held])
+    j = Judgement("safe", stall, noise, allowed_ms, held=[dict(h) for h in report.held],
+                  held_floor_ms=held_floor_ms(report))
     errors = [s for s in report.statements if s["error"]]
     broke = report.failures_after_start
     rewrote = any(t in report.touched_tables or not report.touched_tables for t in report.rewritten_tables)
-    j.blocked = blocks(stall, report.held, j.limit_ms, rewrote)
+    j.blocked = blocks(stall, report.held, j.limit_ms, j.held_floor_ms, rewrote)
     j.broke = bool(broke)
     if errors:
         j.verdict = "failed"
@@ -115,7 +132,7 @@ def judge(report: Report, *, allowed_ms: float = 0.0) -> Judgement:
         if stall > j.limit_ms:
             j.reasons.append(f"app requests queued {stall:,.0f} ms in one stretch behind the migration, more than "
                              f"this run's noise ({noise:,.0f} ms{_allowed(allowed_ms)})")
-        for h in holders(report.held, rewrote):
+        for h in holders(report.held, j.held_floor_ms, rewrote):
             grows = (f"; if its work grows with the table (a build, a rewrite, an UPDATE of every row), about "
                      f"{h['held_ms'] * 10 / 1000:,.1f} s at {report.rows * 10:,} rows (notebook 01 measures how)"
                      if report.rows else "")

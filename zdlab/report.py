@@ -213,10 +213,11 @@ class Report:
         queued = longest(self.timeline.caused)
         held = held_by(span, self.timeline.samples)
         limit = self.judgement.limit_ms if self.judgement else 0.0
+        floor = self.judgement.held_floor_ms if self.judgement else 0.0
         modes = sorted({e["blocker_mode"] for e in self.waits_on(span) if e.get("blocker_mode")})
         return {"label": span.label, "stall_ms": longest(self.timeline.stalls), "queued_ms": queued,
                 "limit_ms": limit, "held": held, "modes": modes,
-                "blocked": blocks(queued, [held] if held else [], limit)}
+                "blocked": blocks(queued, [held] if held else [], limit, floor)}
 
     def expect(self, *verdicts: str, mode: str | None = None, claim: str | None = None) -> Report:
         """Confirm what the run showed, printing one line; raise ``ClaimFailed`` when it did not.

@@ -30,7 +30,7 @@ from psycopg.pq import TransactionStatus
 
 from . import statements
 from .errors import BadInput
-from .judge import blocks, noise_ms
+from .judge import blocks, held_floor_ms, noise_ms
 from .report import held_by, stall_intervals, working_in
 from .sandbox import Sandbox
 from .traffic import AppVersion, Traffic, describe_error, traffic
@@ -163,6 +163,7 @@ class StepScore:
     requests: int = 0
     longest_stall_ms: float = 0.0  # app requests waiting on the migration, within this step's window
     noise_ms: float = 0.0  # the run's own noise so far (zdlab.judge): what a wait is compared with
+    held_floor_ms: float = 0.0  # the run's slowest request so far: what a held lock's wait must exceed
     held: dict[str, Any] | None = None  # the step's held locks and their waiters (zdlab.report.held_by)
     rewritten: bool = False
     data: str = ""  # "ok" or what differs
@@ -180,7 +181,7 @@ class StepScore:
         if self.error:
             return "ERROR"
         bad = []
-        if blocks(self.longest_stall_ms, [self.held] if self.held else [], self.noise_ms):
+        if blocks(self.longest_stall_ms, [self.held] if self.held else [], self.noise_ms, self.held_floor_ms):
             bad.append("BLOCKING")
         if self.failed:
             apps = sorted({app for app, _ in self.failures})
@@ -363,7 +364,8 @@ class Scoreboard:
         stalls = self._stall_list(final)
         score.longest_stall_ms = max(((min(e, end) - max(s, score.start)) * 1000
                                       for s, e in stalls if e > score.start and s < end), default=0.0)
-        score.noise_ms = noise_ms(t.report())  # the run so far: requests up to this step included
+        so_far = t.report()  # the run so far: requests up to this step included
+        score.noise_ms, score.held_floor_ms = noise_ms(so_far), held_floor_ms(so_far)
         span = next((s for s in t.spans if s.label == score.label and abs(s.start - score.start) < 0.05), None)
         score.held = held_by(span, list(t.samples)) if span is not None else None
         if self._conn is not None and not self._conn.closed:
