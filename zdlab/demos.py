@@ -105,16 +105,32 @@ class Queued:
     error: str | None = None
 
 
-def queue_behind(sb: Sandbox, hold_sql: str, statements: dict[str, str], *, hold_s: float = 1.0) -> list[Queued]:
-    """Each statement in turn, under traffic, behind a session that ran ``hold_sql`` and stays idle in
-    transaction; the holder ends ``hold_s`` after the statement is seen waiting (the scenario's length,
-    not a measurement). Returns, per statement, the lock it waited for and the app request kinds that
-    queued behind it (blocking-chain edges whose blocker is the migration), with the lock modes."""
+def _read_user(conn: psycopg.Connection, ctx: RequestContext) -> None:
+    conn.execute("SELECT id, email, name FROM users WHERE id = %s", [ctx.user_id]).fetchall()
+
+
+def _update_user(conn: psycopg.Connection, ctx: RequestContext) -> None:
+    conn.execute("UPDATE users SET name = name WHERE id = %s", [ctx.user_id])
+
+
+# Pods that each send one kind of request: a pod stuck behind a lock is stuck on its own kind, so
+# which kinds queued does not depend on what each pod happened to be doing at that moment.
+READERS_AND_WRITERS = [AppVersion("reader", {"read_user": _read_user}),
+                       AppVersion("writer", {"update_user": _update_user})]
+
+
+def queue_behind(sb: Sandbox, hold_sql: str, statements: dict[str, str], *, hold_s: float = 1.0,
+                 apps: list[AppVersion] | None = None) -> list[Queued]:
+    """Each statement in turn, under traffic (``apps``: two pods reading ``users``, two updating it),
+    behind a session that ran ``hold_sql`` and stays idle in transaction; the holder ends ``hold_s``
+    after the statement is seen waiting (the scenario's length, not a measurement). Returns, per
+    statement, the lock it waited for and the request kinds that queued behind it (blocking-chain
+    edges whose blocker is the migration), with the lock modes."""
     out = []
     for label, sql in statements.items():
         res = Queued(label, sql)
         with sb.connect("migration") as mig, sb.connect("watch", prepare_threshold=None) as watch, \
-                traffic(sb) as t:
+                traffic(sb, apps=apps or READERS_AND_WRITERS) as t:
             if not t.wait_for_requests(40):
                 raise ZdlabError("The simulated application did not start; see zdlab doctor.")
             with sb.connect("long-tx", autocommit=False) as holder:
@@ -139,7 +155,7 @@ def queue_behind(sb: Sandbox, hold_sql: str, statements: dict[str, str], *, hold
         res.error = t.spans[-1].error if t.spans else None
         for edge in report.blocking_chain:
             if edge["blocker"] == "migration":
-                res.kinds_queued.add(edge["waiter"])
+                res.kinds_queued.add(edge["waiter"].split(".")[-1])  # "reader.read_user" -> "read_user"
                 res.modes.add((edge["wanted_mode"] or "?", edge["blocker_mode"] or "?"))
         res.failed_requests = report.failed_requests
         out.append(res)
