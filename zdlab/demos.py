@@ -22,13 +22,14 @@ from .traffic import AppVersion, RequestContext, describe_error, traffic
 POLL_S = 0.005  # pg_locks poll: a wait of a few hundred ms is seen dozens of times
 
 
-def needs_version(conn: psycopg.Connection, num: int, feature: str) -> bool:
-    """True when the server is at least ``num`` (server_version_num); otherwise print why the cell skips."""
-    have = int(conn.execute("SHOW server_version_num").fetchone()[0])
+def needs_version(server: psycopg.Connection | int, num: int, feature: str) -> bool:
+    """True when the server (a connection, or its server_version_num) is at least ``num``; otherwise
+    print why the cell skips."""
+    have = server if isinstance(server, int) else int(server.execute("SHOW server_version_num").fetchone()[0])
     if have >= num:
         return True
-    print(f"SKIPPED: {feature} needs PostgreSQL {num // 10000}+; this server is "
-          f"{conn.execute('SHOW server_version').fetchone()[0]}. The kit is tested on 15 and 18.")
+    print(f"SKIPPED: {feature} needs PostgreSQL {num // 10000} or newer; this server is {have // 10000}. "
+          f"The kit is tested on PostgreSQL 15 and 18.")
     return False
 
 
