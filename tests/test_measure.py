@@ -66,9 +66,8 @@ def million(db_url):
 
 # An index on (status, created_at): a dashboard's "newest orders by status". Built here in
 # ~0.7 s at 1M rows, vs ~0.3 s for (created_at) alone, which under test load sits too close
-# to the 200 ms threshold for a reliable contrast. The facts sheet (1M rows, 4 workers):
-# CREATE INDEX stalls app writes 550-700 ms, CONCURRENTLY 9-13 ms and no lock wait at all,
-# so the default 200 ms threshold leaves a wide margin on both sides.
+# to the 200 ms threshold for a reliable contrast. `make bench` (docs/benchmarks.md, (d), 1M rows,
+# 4 workers): CONCURRENTLY makes no app request wait on a lock at all.
 INDEX_COLUMNS = "orders (status, created_at)"
 
 
