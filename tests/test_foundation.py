@@ -282,3 +282,18 @@ def test_port_left_in_time_wait_by_a_stopped_server_is_free():
     client.close()
     listener.close()
     assert not port_in_use(port)
+
+
+@pytest.mark.parametrize(("num", "ok", "warned"), [(180001, True, False), (150010, True, False),
+                                                   (140012, True, True), (120020, True, True),
+                                                   (100023, False, False)])
+def test_doctor_warns_below_the_tested_versions(db_url, monkeypatch, num, ok, warned):
+    from zdlab import doctor
+
+    monkeypatch.setattr(doctor.db, "server_version_num", lambda conn: num)  # the server says 15/18 here
+    reachable, version = doctor._database()
+    assert reachable.ok and version.ok is ok and bool(version.warning) is warned, version
+    if warned:
+        assert "tested on PostgreSQL 15 and 18" in version.what
+    if not ok:
+        assert "11 or newer" in version.fix

@@ -1,5 +1,5 @@
-"""zdlab.locks.locks_taken: the modes it reports are the ones PostgreSQL documents (and the
-facts sheet measured), errors are reported, and nothing it runs is left behind."""
+"""zdlab.locks.locks_taken: the modes it reports are the ones PostgreSQL documents (and
+docs/cheatsheet.md states), errors are reported, and nothing it runs is left behind."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def one(box: Sandbox, sql: str) -> StatementLocks:
     return res
 
 
-# The facts sheet's table: statement -> (table, strongest lock mode on it).
+# docs/cheatsheet.md's lock column: statement -> (table, strongest lock mode on it).
 FACTS = [
     ("ALTER TABLE users ADD COLUMN c int", "users", "AccessExclusiveLock"),
     ("ALTER TABLE users RENAME COLUMN name TO full_name", "users", "AccessExclusiveLock"),
@@ -63,6 +63,10 @@ FACTS = [
     ("VACUUM orders", "orders", "ShareUpdateExclusiveLock"),
     ("VACUUM FULL orders", "orders", "AccessExclusiveLock"),
     ("TRUNCATE orders", "orders", "AccessExclusiveLock"),
+    ("ALTER TABLE orders ADD CONSTRAINT orders_user_fk2 FOREIGN KEY (user_id) REFERENCES users NOT VALID",
+     "orders", "ShareRowExclusiveLock"),
+    ("ALTER TABLE orders ADD CONSTRAINT orders_user_fk2 FOREIGN KEY (user_id) REFERENCES users NOT VALID",
+     "users", "ShareRowExclusiveLock"),
     ("CLUSTER orders USING orders_pkey", "orders", "AccessExclusiveLock"),
     ("SELECT count(*) FROM users", "users", "AccessShareLock"),
     ("UPDATE users SET name = 'x' WHERE id = 1", "users", "RowExclusiveLock"),
@@ -70,7 +74,7 @@ FACTS = [
 
 
 @pytest.mark.parametrize(("sql", "table", "mode"), FACTS, ids=[f[0][:40] for f in FACTS])
-def test_strongest_mode_matches_the_facts_sheet(sb, sql, table, mode):
+def test_strongest_mode_matches_the_cheatsheet(sb, sql, table, mode):
     res = one(sb, sql)
     assert res.strongest(table) == mode, res.locks
 

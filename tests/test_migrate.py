@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from zdlab.migrate import IrreversibleMigration, Migration, MigrationError, Migrator, load_dir, write_dir
+from zdlab.migrate import (
+    IrreversibleMigration,
+    Migration,
+    MigrationError,
+    Migrator,
+    is_concurrent_index,
+    load_dir,
+    write_dir,
+)
 
 M1 = Migration(1, "create t", "CREATE TABLE t (id int PRIMARY KEY, a text)", "DROP TABLE t")
 M2 = Migration(2, "add b", "ALTER TABLE t ADD COLUMN b int", "ALTER TABLE t DROP COLUMN b")
@@ -89,3 +100,71 @@ def test_files_round_trip(conn, tmp_path):
 def test_needs_autocommit(make_sandbox):
     with make_sandbox("migrate_ac").connect(autocommit=False) as conn, pytest.raises(MigrationError):
         Migrator(conn, [M1])
+
+
+# -- the rule for concurrent index builds: no lock_timeout, and never an INVALID index left ---------
+
+INVALID = "SELECT count(*) FROM pg_index WHERE indrelid = 't'::regclass AND NOT indisvalid"
+
+
+def _release_when_waiting(box, pid: int, reader, waited: list[str]) -> threading.Thread:
+    """Roll back ``reader`` once ``pid`` has waited on a lock for well past the 100 ms lock_timeout."""
+    def run() -> None:
+        with box.connect("watch") as watch:
+            for _ in range(1000):  # at most ~10 s; the assertion below fails if it never waited
+                row = watch.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s "
+                                    "AND wait_event_type = 'Lock'", [pid]).fetchone()
+                if row:
+                    waited.append(row[0])
+                    if len(waited) >= 50:  # ~0.5 s of waiting: five times the lock_timeout
+                        break
+                time.sleep(0.01)
+        reader.rollback()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_concurrent_build_waits_for_an_old_snapshot_and_leaves_a_valid_index(make_sandbox):
+    box = make_sandbox("migrate_cic")
+    with box.connect() as conn, box.connect("report", autocommit=False) as reader:
+        Migrator(conn, [M1]).up()
+        conn.execute("INSERT INTO t SELECT g, 'a' || g FROM generate_series(1, 1000) AS g")
+        # A report (or pg_dump) in one REPEATABLE READ snapshot, open during the whole build.
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM t").fetchone()
+        waited: list[str] = []
+        thread = _release_when_waiting(box, conn.info.backend_pid, reader, waited)
+        try:
+            m = Migrator(conn, [M1, M3], lock_timeout="100ms")
+            assert m.up() == [3]
+        finally:
+            thread.join()
+        assert waited, "the build never waited for the open transaction: the test proves nothing"
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 't_a_idx'::regclass").fetchone()[0]
+        assert conn.execute(INVALID).fetchone()[0] == 0
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "0"  # RESET: the session's own value again
+
+
+def test_a_failed_concurrent_build_leaves_no_invalid_index(conn):
+    Migrator(conn, [M1]).up()
+    conn.execute("INSERT INTO t VALUES (1, 'same'), (2, 'same')")
+    unique = Migration(3, "unique a", "CREATE UNIQUE INDEX CONCURRENTLY t_a_key ON t (a)",
+                       "DROP INDEX CONCURRENTLY t_a_key", transactional=False)
+    m = Migrator(conn, [M1, unique])
+    with pytest.raises(MigrationError, match="UniqueViolation"):
+        m.up()
+    assert conn.execute(INVALID).fetchone()[0] == 0 and m.current() == 1
+    assert conn.execute("SELECT to_regclass('t_a_key')").fetchone()[0] is None
+
+
+@pytest.mark.parametrize(("stmt", "concurrent"), [
+    ("CREATE INDEX CONCURRENTLY i ON t (a)", True),
+    ("create unique index\n  concurrently if not exists i on t (a)", True),
+    ("-- why\nREINDEX INDEX CONCURRENTLY i", True),
+    ("DROP INDEX CONCURRENTLY IF EXISTS i", True),
+    ("CREATE INDEX i ON t (a)", False),
+    ("ALTER TABLE t ADD COLUMN concurrently int", False),
+])
+def test_which_statements_run_without_lock_timeout(stmt, concurrent):
+    assert is_concurrent_index(stmt) is concurrent

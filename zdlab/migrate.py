@@ -21,6 +21,14 @@ What it does, and nothing more (docs/migrations.md says why the kit has its own)
   ``transactional=False`` (for ``CREATE INDEX CONCURRENTLY`` and friends, which refuse to run
   in a transaction block) runs statement by statement in autocommit, with a session
   ``lock_timeout``; if one fails, the earlier ones stay done and the version is not recorded.
+* The one rule for concurrent index statements (``CREATE [UNIQUE] INDEX CONCURRENTLY``,
+  ``REINDEX ... CONCURRENTLY``, ``DROP INDEX CONCURRENTLY``): they run with NO lock_timeout.
+  They wait for every older transaction (a report, a ``pg_dump``) while holding only
+  ShareUpdateExclusiveLock, which no application query waits behind, and a lock_timeout would
+  make them fail there and leave an INVALID index. If one fails anyway (duplicate keys, a
+  cancel, a ``statement_timeout``), the runner drops, concurrently, every INVALID index that
+  appeared during that statement before it reports the error: a migration run by ``Migrator``
+  never leaves an INVALID index behind.
 * ``down=None`` marks a migration irreversible: ``down()`` refuses to pass it.
 * An applied migration whose up SQL has since been edited is refused (checksum mismatch):
   the database no longer matches the file, so reverting it could not be trusted.
@@ -30,6 +38,7 @@ What it does, and nothing more (docs/migrations.md says why the kit has its own)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable
@@ -37,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import sqlparse
 from psycopg import sql as pgsql
 
 from .errors import ZdlabError, first_line
@@ -154,10 +164,10 @@ class Migrator:
                         self.conn.execute(current, prepare=False)
                     self.conn.execute(*record)
             else:
-                self.conn.execute("SELECT set_config('lock_timeout', %s, false)", [self.lock_timeout])
                 try:
                     for current in stmts:
-                        self.conn.execute(current, prepare=False)
+                        self._run_alone(current)
+                    self.conn.execute("SELECT set_config('lock_timeout', %s, false)", [self.lock_timeout])
                     self.conn.execute(*record)
                 finally:
                     self.conn.execute("RESET lock_timeout")
@@ -169,6 +179,40 @@ class Migrator:
                                                " (non-transactional: the statements before it stay applied)")
                                  ) from exc
         self.log.append(f"{direction} {m.version} {m.name}")
+
+    def _run_alone(self, stmt: str) -> None:
+        """One statement of a non-transactional migration, in autocommit."""
+        if not is_concurrent_index(stmt):
+            self.conn.execute("SELECT set_config('lock_timeout', %s, false)", [self.lock_timeout])
+            self.conn.execute(stmt, prepare=False)
+            return
+        # No lock_timeout: waiting for older snapshots is harmless, failing there leaves an INVALID index.
+        self.conn.execute("SET lock_timeout = 0")
+        before = invalid_indexes(self.conn)
+        try:
+            self.conn.execute(stmt, prepare=False)
+        except psycopg.Error:
+            for schema, name in invalid_indexes(self.conn) - before:
+                with contextlib.suppress(psycopg.Error):  # gone already: nothing to clean
+                    self.conn.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                        pgsql.Identifier(schema, name)))
+            raise
+
+
+_CONCURRENT_INDEX = re.compile(r"^(CREATE\s+(UNIQUE\s+)?INDEX|REINDEX|DROP\s+INDEX)\b.*\bCONCURRENTLY\b",
+                               re.I | re.S)
+
+
+def is_concurrent_index(stmt: str) -> bool:
+    """CREATE [UNIQUE] INDEX / REINDEX / DROP INDEX ... CONCURRENTLY: the statements run without lock_timeout."""
+    return bool(_CONCURRENT_INDEX.match(sqlparse.format(stmt, strip_comments=True).strip()))
+
+
+def invalid_indexes(conn: psycopg.Connection) -> set[tuple[str, str]]:
+    """(schema, name) of every INVALID index in the database (pg_index.indisvalid = false)."""
+    return {(r[0], r[1]) for r in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid")}
 
 
 def load_dir(path: str | Path) -> list[Migration]:

@@ -89,13 +89,17 @@ FROM generate_series(1, {rows}) AS g;
 ALTER TABLE customers ADD PRIMARY KEY (id);
 """)
 
-SPLIT_NAME_UP_SQL = """
-ALTER TABLE customers ADD COLUMN first_name text, ADD COLUMN last_name text;
-UPDATE customers SET
+# Expand/contract (notebook 02, section 3): each step is its own migration, shipped on its own.
+# The backfill is a separate step so that the ADD COLUMN's AccessExclusiveLock is released at once
+# (on a real table: in batches); the drop of `name` is the contract, a later release.
+SPLIT_NAME_STEPS = {
+    "1 expand": "ALTER TABLE customers ADD COLUMN first_name text, ADD COLUMN last_name text",
+    "2 backfill": """UPDATE customers SET
     first_name = CASE WHEN position(' ' IN name) > 0 THEN left(name, position(' ' IN name) - 1) ELSE name END,
-    last_name  = CASE WHEN position(' ' IN name) > 0 THEN substr(name, position(' ' IN name) + 1) END;
-ALTER TABLE customers DROP COLUMN name;
-"""
+    last_name  = CASE WHEN position(' ' IN name) > 0 THEN substr(name, position(' ' IN name) + 1) END""",
+    "3 contract": "ALTER TABLE customers DROP COLUMN name",
+}
+CONTRACT_SQL = SPLIT_NAME_STEPS["3 contract"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,43 +544,47 @@ class FailsInProduction(Exercise):
 
 
 class DownMigration(Exercise):
-    """down_sql: undo SPLIT_NAME_UP_SQL so that up, down, up leaves the data identical."""
+    """down_sql: the down of the contract step (DROP COLUMN name), run after expand and backfill."""
 
     answers = ("down_sql",)
     hints = (
-        "down must put customers back exactly as it was before up: the name column with the very same "
-        "values (NULLs and one-word names included), and no first_name / last_name.",
-        "Add name back, fill it from first_name and last_name, drop those two. Mind NULL: "
+        "The down of the contract must give customers back exactly as it was before the drop: the name "
+        "column with the very same values (NULLs and one-word names included). first_name and last_name "
+        "stay: expand and backfill are still applied.",
+        "Add name back and fill it from first_name and last_name. Mind NULL: "
         "'Cher' || ' ' || NULL is NULL, and concat_ws(' ', NULL, NULL) is '' (not NULL).",
         "name = CASE WHEN last_name IS NULL THEN first_name ELSE first_name || ' ' || last_name END",
     )
     rows = 10_000
 
     def grade(self, box: Sandbox, down_sql: Any) -> str:
-        need_sql("down_sql", down_sql, "SQL statements (the down migration)")
+        need_sql("down_sql", down_sql, "SQL statements (the down of the contract step)")
         with box.connect("check", autocommit=False) as conn:
             limit_learner_time(conn)
             _scratch(conn, box)  # a copy of our own, rolled back at the end: the sandbox is not touched
             conn.execute(CUSTOMERS_SQL.format(rows=self.rows))
+            _run_script(conn, SPLIT_NAME_STEPS["1 expand"], "expand")
+            _run_script(conn, SPLIT_NAME_STEPS["2 backfill"], "backfill")
             before = checksum(conn)
-            _run_script(conn, SPLIT_NAME_UP_SQL, "up")
+            _run_script(conn, CONTRACT_SQL, "contract")
             after_up = checksum(conn)
             _run_script(conn, down_sql, "your down")
             after_down = checksum(conn)
-            _run_script(conn, SPLIT_NAME_UP_SQL, "up, run again after your down,")
+            _run_script(conn, CONTRACT_SQL, "contract, run again after your down,")
             after_up2 = checksum(conn)
             conn.rollback()
         if after_down[2] != before[2]:
-            raise Incorrect(f"after down the columns are {_cols(after_down[2])}; before up they were "
+            raise Incorrect(f"after down the columns are {_cols(after_down[2])}; before the contract they were "
                             f"{_cols(before[2])}.")
         if after_down[:2] != before[:2]:
             raise Incorrect(f"after down the table has the columns back ({before[0]:,} rows before, "
                             f"{after_down[0]:,} after) but not the same values: checksum {after_down[1][:8]} "
                             f"instead of {before[1][:8]}. Look at NULL names and one-word names.")
         if after_up2 != after_up:
-            raise Incorrect("up after your down does not give the same table as the first up.")
-        return (f"up, down, up on {before[0]:,} rows: down gives back checksum {before[1][:8]} (identical to "
-                f"before up) and the second up gives {after_up2[1][:8]} (identical to the first).")
+            raise Incorrect("the contract after your down does not give the same table as the first time.")
+        return (f"contract, down, contract on {before[0]:,} rows: down gives back checksum {before[1][:8]} "
+                f"(identical to before the contract) and the second contract gives {after_up2[1][:8]} "
+                f"(identical to the first).")
 
 
 def _cols(columns: tuple) -> str:
