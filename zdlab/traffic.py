@@ -89,6 +89,7 @@ class Request:
     kind: str
     error: str | None = None
     app: str = "app"  # which application version served it (rolling deploys)
+    worker: int = -1  # which worker (pod) sent it
 
 
 @dataclass
@@ -300,6 +301,18 @@ class Traffic:
             time.sleep(0.01)
         return True
 
+    def wait_for_each_worker(self, n: int, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until every worker has served ``n`` requests (each has prepared its
+        statements, after psycopg's 5 runs); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            served = Counter(r.worker for r in list(self.requests))
+            if all(served[i] >= n for i in range(self.workers)):
+                return True
+            if time.monotonic() > deadline or not self.running:
+                return False
+            time.sleep(0.01)
+
     def now(self) -> float:
         """Seconds since traffic started, on the timeline every record uses."""
         return time.monotonic() - self.t0
@@ -433,7 +446,7 @@ class Traffic:
                             conn.rollback()  # a custom request that failed inside a transaction
                 end = time.monotonic()
                 self.requests.append(Request(start - self.t0, (end - start) * 1000, kind, error,
-                                             "app" if app is None else app.name))
+                                             "app" if app is None else app.name, index))
                 self._stop.wait(THINK_S)
         finally:
             if conn is not None:
