@@ -139,3 +139,29 @@ def redact(url: str) -> str:
 def sqlalchemy_url(url: str) -> str:
     """The same URL for SQLAlchemy/JupySQL, driven by psycopg 3."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+
+
+# -- issue 17: progress records and the JupyterLab port ----------------------------------------
+
+DEFAULT_LAB_PORT = 8888
+
+
+def progress_dir() -> Path:
+    """Where passed exercises are recorded (zdlab/progress.py): ``ZDLAB_PROGRESS_DIR`` (the test
+    suite points it at a temporary folder), else ``<state dir>/progress``."""
+    if os.environ.get("ZDLAB_PROGRESS_DIR"):
+        return Path(os.environ["ZDLAB_PROGRESS_DIR"]).expanduser().resolve()
+    return state_dir() / "progress"
+
+
+def lab_port() -> int:
+    """JupyterLab's port: ``ZDLAB_LAB_PORT`` (``make lab`` and ``zdlab lab`` read it), else 8888."""
+    raw = os.environ.get("ZDLAB_LAB_PORT", "").strip()
+    if not raw:
+        return DEFAULT_LAB_PORT
+    if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
+        raise BadInput(
+            f"ZDLAB_LAB_PORT={raw!r} is not a usable port. Set it to a number between 1024 and "
+            f"65535 (for example `ZDLAB_LAB_PORT=8890 make lab`), or unset it to use {DEFAULT_LAB_PORT}."
+        )
+    return int(raw)
