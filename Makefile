@@ -73,6 +73,7 @@ lint: setup-dev
 	$(VENV)/bin/ruff check zdlab tests tools conftest.py
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows docs/examples/zdlab-migrations.yml
 
 bench: db
 	$(PY) -m zdlab.bench
