@@ -63,13 +63,18 @@ def embedded_password() -> str:
 
 
 def port() -> int:
-    raw = os.environ.get("ZDLAB_PORT", "").strip()
+    return _port_setting("ZDLAB_PORT", DEFAULT_PORT, "export ZDLAB_PORT=54321")
+
+
+def _port_setting(name: str, default: int, example: str) -> int:
+    """A port from the environment variable ``name``: a number in 1024-65535, or BadInput."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_PORT
+        return default
     if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
         raise BadInput(
-            f"ZDLAB_PORT={raw!r} is not a usable port. Set it to a number between 1024 and "
-            f"65535 (for example `export ZDLAB_PORT=54321`), or unset it to use {DEFAULT_PORT}."
+            f"{name}={raw!r} is not a usable port. Set it to a number between 1024 and "
+            f"65535 (for example `{example}`), or unset it to use {default}."
         )
     return int(raw)
 
@@ -156,12 +161,4 @@ def progress_dir() -> Path:
 
 def lab_port() -> int:
     """JupyterLab's port: ``ZDLAB_LAB_PORT`` (``make lab`` and ``zdlab lab`` read it), else 8888."""
-    raw = os.environ.get("ZDLAB_LAB_PORT", "").strip()
-    if not raw:
-        return DEFAULT_LAB_PORT
-    if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
-        raise BadInput(
-            f"ZDLAB_LAB_PORT={raw!r} is not a usable port. Set it to a number between 1024 and "
-            f"65535 (for example `ZDLAB_LAB_PORT=8890 make lab`), or unset it to use {DEFAULT_LAB_PORT}."
-        )
-    return int(raw)
+    return _port_setting("ZDLAB_LAB_PORT", DEFAULT_LAB_PORT, "ZDLAB_LAB_PORT=8890 make lab")
