@@ -66,6 +66,8 @@ def build_source_only(requirements: Path, dest: Path, tmp: Path) -> list[str]:
     if result.returncode != 0:
         fail("downloading the pinned packages for this machine", result)
     sources = sorted(p for p in probe.iterdir() if p.name.endswith((".tar.gz", ".zip")))
+    for wheel in probe.glob("*.whl"):  # this machine's wheels: kept, so no target downloads them twice
+        wheel.replace(dest / wheel.name)
     built_dir = tmp / "built"
     for sdist in sources:
         result = pip("wheel", "--no-deps", "--wheel-dir", str(built_dir), str(sdist), "--quiet")
