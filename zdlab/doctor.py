@@ -116,7 +116,8 @@ def _database() -> list[Line]:
 
 def _sql_magic() -> Line:
     # Load the magic in a fresh interpreter, as a kernel would, so a broken install shows here.
-    code = ("from IPython.testing.globalipapp import start_ipython; ip = start_ipython(); "
+    # A plain shell: IPython.testing's imports pytest, which the lab's requirements do not hold.
+    code = ("from IPython.core.interactiveshell import InteractiveShell; ip = InteractiveShell.instance(); "
             "ip.run_line_magic('load_ext', 'sql'); print('ok')")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
