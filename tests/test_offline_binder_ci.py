@@ -145,10 +145,14 @@ def wheelhouse_for_this_machine() -> Path:
         return Path(os.environ["ZDLAB_WHEELHOUSE"])
     if (REPO / "wheelhouse").is_dir():
         return REPO / "wheelhouse"
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "wheelhouse.py"), "--this-machine",
-                             "--requirements", str(REPO / "requirements.txt"), "--dest", str(TEST_WHEELHOUSE)],
-                            capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    # Filled again only when requirements.txt changed (pip then fetches only the new files).
+    stamp, pinned = TEST_WHEELHOUSE / ".requirements.txt", (REPO / "requirements.txt").read_text()
+    if not stamp.exists() or stamp.read_text() != pinned:
+        result = subprocess.run([sys.executable, str(REPO / "tools" / "wheelhouse.py"), "--this-machine",
+                                 "--requirements", str(REPO / "requirements.txt"), "--dest", str(TEST_WHEELHOUSE)],
+                                capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        stamp.write_text(pinned)
     return TEST_WHEELHOUSE
 
 
