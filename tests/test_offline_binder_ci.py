@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -39,6 +40,16 @@ def free_port() -> int:
 def closed_index() -> str:
     """An index URL where nothing answers: any pip request to it fails at once."""
     return f"http://127.0.0.1:{free_port()}/simple"
+
+
+@pytest.fixture
+def clone_dir():
+    """A folder outside pytest's tmp tree: as root the embedded server runs as another user, who
+    must traverse every parent folder, and every pytest session resets /tmp/pytest-of-root to 0700."""
+    made = Path(tempfile.mkdtemp(prefix="zdlab-clone-", dir="/tmp"))
+    made.chmod(0o755)
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
 
 
 def fresh_clone(tmp: Path) -> Path:
@@ -118,8 +129,8 @@ def _kit_env(clone: Path, **extra: str) -> dict:
             "ZDLAB_PROGRESS_DIR": str(clone / ".progress"), **extra}
 
 
-def test_binder_start_brings_up_the_server_and_notebook_00_runs(tmp_path):
-    clone = fresh_clone(tmp_path)
+def test_binder_start_brings_up_the_server_and_notebook_00_runs(tmp_path, clone_dir):
+    clone = fresh_clone(clone_dir)
     env = _kit_env(clone, ZDLAB_HOME=str(clone), PYTHONPATH=str(clone),
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     try:
@@ -156,9 +167,9 @@ def wheelhouse_for_this_machine() -> Path:
     return TEST_WHEELHOUSE
 
 
-def test_a_fresh_clone_installs_from_a_wheelhouse_with_no_index_and_runs_notebook_00(tmp_path):
+def test_a_fresh_clone_installs_from_a_wheelhouse_with_no_index_and_runs_notebook_00(tmp_path, clone_dir):
     wheelhouse = wheelhouse_for_this_machine()
-    clone = fresh_clone(tmp_path)
+    clone = fresh_clone(clone_dir)
     env = _kit_env(clone, PIP_INDEX_URL=closed_index(), PIP_CACHE_DIR=str(tmp_path / "empty-pip-cache"),
                    ZDLAB_WHEELHOUSE=str(wheelhouse))
     try:
