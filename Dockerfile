@@ -25,8 +25,9 @@ RUN apt-get update \
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash jovyan \
     && install -d -o jovyan -g jovyan /home/jovyan/work
 
-COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# requirements-hub.txt = requirements.txt + jupyterhub (`jupyterhub-singleuser`, for Zero to JupyterHub).
+COPY requirements.txt requirements-hub.txt /tmp/
+RUN pip install --no-cache-dir -r /tmp/requirements-hub.txt && rm /tmp/requirements*.txt
 
 WORKDIR /home/jovyan/work
 COPY --chown=jovyan:jovyan pyproject.toml ./

@@ -330,6 +330,18 @@ CLI_CASES = [
     CliCase("state-dir-under-a-file", "state-dir-unwritable", 1,
             lambda c: (["db", "start"], {"ZDLAB_STATE_DIR": _sql_file(c, "x", "a-file") + "/state",
                                          "DATABASE_URL": ""})),
+    # the room's commands (issue 17)
+    CliCase("lab-port-busy", "lab-port-busy", 1,
+            lambda c: (["lab", "--notebook-dir", str(c.tmp)], {"ZDLAB_LAB_PORT": str(c.busy_port())})),
+    *[CliCase(f"lab-port-invalid-{label}", "lab-port-invalid", 2,
+              lambda c, v=value: (["lab", "--notebook-dir", str(c.tmp)], {"ZDLAB_LAB_PORT": v}))
+      for label, value in [("letters", "abc"), ("privileged", "80"), ("too-large", "70000")]],
+    CliCase("lint-path-missing", "lint-path-missing", 2, lambda c: (["lint", str(c.tmp / "no-such.sql")], {})),
+    CliCase("lint-folder-empty", "lint-folder-empty", 2, lambda c: (["lint", str(c.tmp)], {})),
+    CliCase("room-without-server", "room-without-server", 1,
+            lambda c: (["progress", "--room"], {"DATABASE_URL": ""})),
+    CliCase("room-no-files", "room-no-files", 2,
+            lambda c: (["progress", "--room", "--files", str(c.tmp / "*" / "progress" / "*.json")], {})),
     # migration files
     *[CliCase(f"{command}-{label}", case, 2, lambda c, cmd=command, mk=make: ([cmd, mk(c)], {}))
       for command in ("measure", "locks")

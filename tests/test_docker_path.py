@@ -347,7 +347,7 @@ def test_dockerfile_builds_the_kit_the_way_the_issue_asks():
         f"base image {base} is not pinned to a patch release"
     assert re.search(r"PLOOMBER_STATS_ENABLED=false", text)
     assert re.search(r"ZDLAB_HOME=/home/jovyan/work", text)
-    assert re.search(r"pip install --no-cache-dir -r \S*requirements\.txt", text)
+    assert re.search(r"pip install --no-cache-dir -r \S*requirements(-hub)?\.txt", text)  # -hub: + jupyterhub
     assert re.search(r"pip install --no-cache-dir --no-deps \.", text)
     assert "zdlab-entrypoint" in text.split("ENTRYPOINT", 1)[1]
     # Everything COPY needs is in the repo and let through by .dockerignore's allow-list.

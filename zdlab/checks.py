@@ -253,6 +253,10 @@ class Exercise:
         """Grade the answer, show the verdict and return it (strict mode: raise when incorrect)."""
         result = self._evaluate(sys._getframe(1).f_globals, sandbox, answers)
         result.show()
+        if result.status == "correct" and self.notebook is not None:
+            from . import progress  # late: progress reads the exercise catalog from this module
+
+            progress.record(self.notebook.name, self.name)  # never raises
         if result.status == "incorrect" and strict():
             raise AssertionError(f"{self.label}: {result.text()}")
         return result

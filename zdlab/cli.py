@@ -31,7 +31,15 @@ def _db(args: argparse.Namespace) -> int:
         print(st.describe())
         print(f"database URL: {config.redact(db.database_url())}")
     elif args.action == "stop":
-        print(server.stop().describe())
+        before = server.status()
+        after = server.stop()
+        if before.running and not after.running:
+            print(f"stopped the embedded PostgreSQL (pid {before.pid}, port {before.port}); its data is kept in "
+                  f"{after.pgdata} (`zdlab db start` starts it again)")
+        elif not before.running:
+            print(f"embedded PostgreSQL was not running (data folder {after.pgdata}): nothing to stop")
+        else:
+            print(after.describe())
     else:
         st = server.status()
         print(st.describe())
@@ -40,15 +48,21 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
+    from .commands import lab_port_or_running
+
+    notebooks = args.notebook_dir or str(config.home() / "notebooks")
+    args.port = lab_port_or_running(args.port, notebooks)
+    if args.port is None:
+        return 0  # a lab of this kit already runs; its URL was printed
     if not config.external_url():
         server.start()
     with db.connect():
         pass  # fail here, with a clear message, rather than in the first notebook cell
     os.environ["PLOOMBER_STATS_ENABLED"] = "false"
     os.environ.setdefault("ZDLAB_HOME", str(config.home()))
-    notebooks = args.notebook_dir or str(config.home() / "notebooks")
     cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebooks}",
-           f"--ServerApp.ip={args.ip}", f"--ServerApp.port={args.port}", *args.extra]
+           f"--ServerApp.ip={args.ip}", f"--ServerApp.port={args.port}",
+           "--ServerApp.port_retries=0", *args.extra]  # the port we print is the port it serves on
     if not args.browser:
         cmd.append("--no-browser")
     if os.geteuid() == 0:
@@ -181,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lab", help="start the database (unless DATABASE_URL) and JupyterLab")
     p.add_argument("--ip", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--port", type=int, default=None, help="default: ZDLAB_LAB_PORT, else 8888")
     p.add_argument("--notebook-dir")
     p.add_argument("--browser", action="store_true", help="open a browser")
     p.set_defaults(func=_lab, extra=[])  # unknown options go to JupyterLab (see main)
@@ -217,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reset", help="drop every sandbox schema and end its sessions")
     p.add_argument("--server", action="store_true", help="also delete the embedded server's data")
     p.set_defaults(func=_reset)
+
+    from .commands import add_commands  # lint, progress, preflight (issue 17)
+
+    add_commands(sub)
     return parser
 
 

@@ -63,13 +63,18 @@ def embedded_password() -> str:
 
 
 def port() -> int:
-    raw = os.environ.get("ZDLAB_PORT", "").strip()
+    return _port_setting("ZDLAB_PORT", DEFAULT_PORT, "export ZDLAB_PORT=54321")
+
+
+def _port_setting(name: str, default: int, example: str) -> int:
+    """A port from the environment variable ``name``: a number in 1024-65535, or BadInput."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_PORT
+        return default
     if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
         raise BadInput(
-            f"ZDLAB_PORT={raw!r} is not a usable port. Set it to a number between 1024 and "
-            f"65535 (for example `export ZDLAB_PORT=54321`), or unset it to use {DEFAULT_PORT}."
+            f"{name}={raw!r} is not a usable port. Set it to a number between 1024 and "
+            f"65535 (for example `{example}`), or unset it to use {default}."
         )
     return int(raw)
 
@@ -157,3 +162,21 @@ def redact(url: str) -> str:
 def sqlalchemy_url(url: str) -> str:
     """The same URL for SQLAlchemy/JupySQL, driven by psycopg 3."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+
+
+# -- issue 17: progress records and the JupyterLab port ----------------------------------------
+
+DEFAULT_LAB_PORT = 8888
+
+
+def progress_dir() -> Path:
+    """Where passed exercises are recorded (zdlab/progress.py): ``ZDLAB_PROGRESS_DIR`` (the test
+    suite points it at a temporary folder), else ``<state dir>/progress``."""
+    if os.environ.get("ZDLAB_PROGRESS_DIR"):
+        return Path(os.environ["ZDLAB_PROGRESS_DIR"]).expanduser().resolve()
+    return state_dir() / "progress"
+
+
+def lab_port() -> int:
+    """JupyterLab's port: ``ZDLAB_LAB_PORT`` (``make lab`` and ``zdlab lab`` read it), else 8888."""
+    return _port_setting("ZDLAB_LAB_PORT", DEFAULT_LAB_PORT, "ZDLAB_LAB_PORT=8890 make lab")

