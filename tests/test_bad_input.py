@@ -298,7 +298,6 @@ CLI_CASES = [
             lambda c: (["measure", _sql_file(c, "SELECT 1;"), "--rows", "10"], c.stopped_server())),
     CliCase("learner-name-punctuation", "learner-name-invalid", 2,
             lambda c: (["db", "url"], {"ZDLAB_LEARNER": "'; --"})),
-    CliCase("learner-name-too-long", "learner-name-invalid", 2, lambda c: (["db", "url"], {"ZDLAB_LEARNER": "x" * 41})),
     CliCase("port-busy", "port-busy", 1, lambda c: (["db", "start"], c.own_state(ZDLAB_PORT=str(c.busy_port())))),
     *[CliCase(f"port-invalid-{label}", "port-invalid", 2,
               lambda c, v=value: (["db", "start"], c.own_state(ZDLAB_PORT=v)))

@@ -390,7 +390,7 @@ def test_awkward_learner_names_get_a_database_of_exactly_their_slug(name, db_url
     monkeypatch.setenv("ZDLAB_LEARNER", f"{name} {suffix}")
     slug = config.learner()
     assert re.fullmatch(r"[a-z0-9_]+", slug) and slug.endswith(suffix), slug
-    result = subprocess.run([sys.executable, "-m", "zdlab", "db", "url"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "zdlab", "db", "url", "--show-password"], capture_output=True, text=True,
                             timeout=60, env={**os.environ, "ZDLAB_LEARNER": f"{name} {suffix}"})
     try:
         assert result.returncode == 0, result.stderr

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from .. import statements
+from .. import grader, statements
 from ..checks import Exercise, Incorrect, Notebook, need_function
 from ..errors import first_line
 from ..report import Report
@@ -59,7 +59,8 @@ def normalise_steps(steps: Any) -> list[tuple[str, Step]]:
     out: list[tuple[str, Step]] = []
     for i, item in enumerate(items, 1):
         if isinstance(item, str):
-            out += [(statements.short_sql(sql), sql) for sql in statements.split(item)]
+            stmts = grader.vet(statements.split(item), f"step {i} of answer_steps", transactions=True)
+            out += [(statements.short_sql(sql), sql) for sql in stmts]
         elif callable(item):
             need_function(f"step {i} of answer_steps", item, "conn")
             out.append((f"{getattr(item, '__name__', 'function')}(conn)", item))
@@ -80,7 +81,7 @@ def run_steps(sb: Sandbox, steps: Any, *, workers: int = WORKERS,
     """
     plan = normalise_steps(steps)
     errors: list[str | None] = []
-    with sb.connect("migration") as mig, traffic(sb, workers) as t:
+    with grader.connect(sb, "migration") as mig, traffic(sb, workers) as t:
         mig.execute("SELECT set_config('statement_timeout', %s, false)", [STEP_TIMEOUT])
         t.wait_for_requests(WARMUP_REQUESTS, timeout=10)
         time.sleep(SETTLE_S)  # baseline: normal latency first, on the timeline
