@@ -552,6 +552,7 @@ BAD_ANSWERS: dict[str, Any] = {
     "function": no_arguments,  # a function where SQL is expected, or one with the wrong signature
     "raises": raises,
     "sql-typo": "SELEC * FROM users",
+    "escape": "COMMIT; SET statement_timeout = 0",  # issue 19: refused before anything runs
     "empty": "",
 }
 # (notebook, exercise, answer) -> the documented case its verdict is quoted for
@@ -563,6 +564,8 @@ DOCUMENTED_ANSWERS = {
     ("01_risks", "q2", "raises"): "answer-function-raises",
     ("00_setup", "q1", "sql-typo"): "answer-sql-fails",
     ("04_capstone", "q1", "int"): "answer-wrong-shape",
+    ("00_setup", "q1", "escape"): "answer-not-allowed",
+    ("02_preventive_actions", "q1", "escape"): "answer-not-allowed",
 }
 
 

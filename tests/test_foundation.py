@@ -254,7 +254,15 @@ def test_hub_user_names_the_learner_on_a_shared_server(monkeypatch):
     monkeypatch.delenv("ZDLAB_LEARNER", raising=False)
     monkeypatch.setenv("JUPYTERHUB_USER", "Ada.Lovelace@example.org")
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/workshop")
-    assert config.learner() == "ada_lovelace_example_org"
+    # readable, and distinct from names that fold to the same slug (a hash of the full name)
+    assert config.learner().startswith("ada_lovelace_example_org_")
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada_lovelace@example.org")
+    folded = config.learner()
+    monkeypatch.setenv("JUPYTERHUB_USER", "Ada.Lovelace@example.org")
+    assert folded != config.learner()
+    monkeypatch.setenv("ZDLAB_LEARNER", "x" * 200)  # any length: a valid, short database name
+    assert len(config.learner_database(config.learner())) <= 63
+    monkeypatch.delenv("ZDLAB_LEARNER")
     monkeypatch.setenv("JUPYTERHUB_USER", "x" * 60)
     long_a = config.learner()
     monkeypatch.setenv("JUPYTERHUB_USER", "x" * 59 + "y")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from test_foundation import REPO, assert_clear, free_port, run_zdlab  # noqa: I001 (tests/ is on sys.path)
+
 from zdlab import config, doctor, server
 from zdlab.errors import ZdlabError
 
