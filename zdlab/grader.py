@@ -69,8 +69,8 @@ class NotAllowed(Exception):
 def vet(stmts: list[str], what: str, *, one: bool = False, transactions: bool = False) -> list[str]:
     """Refuse an answer before any of it runs (see the module docstring); the statements."""
     if one and len(stmts) > 1:
-        raise NotAllowed(f"{what} holds {len(stmts)} statements; the check runs one query only (not allowed: "
-                         f"several statements). Keep only the SELECT.")
+        raise NotAllowed(f"not allowed in {what}: {len(stmts)} statements (the check runs one query only; keep "
+                         f"only the SELECT). Nothing of it was run.")
     for stmt in stmts:
         bare = statements._bare(stmt)
         shown = statements.short_sql(bare, 50)
