@@ -321,7 +321,6 @@ CLI_CASES = [
             lambda c: (["measure", _sql_file(c, "SELECT 1;"), "--rows", "10"], c.stopped_server())),
     CliCase("learner-name-punctuation", "learner-name-invalid", 2,
             lambda c: (["db", "url"], {"ZDLAB_LEARNER": "'; --"})),
-    CliCase("learner-name-too-long", "learner-name-invalid", 2, lambda c: (["db", "url"], {"ZDLAB_LEARNER": "x" * 41})),
     CliCase("port-busy", "port-busy", 1, lambda c: (["db", "start"], c.own_state(ZDLAB_PORT=str(c.busy_port())))),
     *[CliCase(f"port-invalid-{label}", "port-invalid", 2,
               lambda c, v=value: (["db", "start"], c.own_state(ZDLAB_PORT=v)))
@@ -588,6 +587,7 @@ BAD_ANSWERS: dict[str, Any] = {
     "function": no_arguments,  # a function where SQL is expected, or one with the wrong signature
     "raises": raises,
     "sql-typo": "SELEC * FROM users",
+    "escape": "COMMIT; SET statement_timeout = 0",  # issue 19: refused before anything runs
     "empty": "",
 }
 # (notebook, exercise, answer) -> the documented case its verdict is quoted for
@@ -599,6 +599,8 @@ DOCUMENTED_ANSWERS = {
     ("01_risks", "q2", "raises"): "answer-function-raises",
     ("00_setup", "q1", "sql-typo"): "answer-sql-fails",
     ("04_capstone", "q1", "int"): "answer-wrong-shape",
+    ("00_setup", "q1", "escape"): "answer-not-allowed",
+    ("02_preventive_actions", "q1", "escape"): "answer-not-allowed",
 }
 
 

@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,7 +160,9 @@ def test_z2jh_embedded_server_starts_in_each_pod() -> None:
 
 def test_z2jh_shared_server_wiring() -> None:
     single = _values()["shared"]["singleuser"]
-    ref = single["extraEnv"]["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    # No learner pod reads the admin's Secret: the hub hands each its own URL (below).
+    assert "DATABASE_URL" not in single["extraEnv"]
+    ref = {"name": "zdlab-shared-db", "key": "database-url"}
     text = (Z2JH / "shared-postgres.yaml").read_text()
     docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(text)}
     # No Secret is committed: the file's header creates it with a random password. The server
@@ -183,15 +186,30 @@ def test_z2jh_shared_server_wiring() -> None:
     env = c.KubeSpawner.environment
     assert env["PLOOMBER_STATS_ENABLED"] == "false", "the snippet must add to the environment, not replace it"
     assert env["ZDLAB_LEARNER"](_spawner("alice")) == "alice"
+    # Each learner's DATABASE_URL is their own, from the room file tools/provision_room.py wrote.
+    mount = _values()["shared"]["hub"]["extraVolumeMounts"][0]["mountPath"]
+    assert _values()["shared"]["hub"]["extraVolumes"][0]["secret"]["secretName"] == "zdlab-room"
+    assert f"{mount}/room.json" in snippet
+    with tempfile.TemporaryDirectory() as tmp:
+        room = Path(tmp) / "room.json"
+        room.write_text(json.dumps({"alice": "postgresql://zdlab_alice:a@zdlab-postgres:5432/zdlab_alice"}))
+        url_of = env["DATABASE_URL"]
+        assert url_of(_spawner("alice"), room=str(room)).endswith("/zdlab_alice")
+        assert "zdlab_" not in url_of(_spawner("mallory"), room=str(room))
+    # The learner pods reach the shared server's pods on 5432, and no other private address.
+    policy = single["networkPolicy"]
+    assert policy["enabled"] and policy["egressAllowRules"]["privateIPs"] is False
+    assert policy["egress"] == [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "zdlab-postgres"}}}],
+                                 "ports": [{"port": 5432, "protocol": "TCP"}]}]
 
 
 def test_z2jh_learner_names_make_valid_databases(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hub user names (e-mail addresses, capitals) become the kit's learner database names."""
     from zdlab import config
 
-    for user, database in [("alice", "zdlab_alice"), ("Bob.Smith@example.org", "zdlab_bob_smith_example_org")]:
+    for user, database in [("alice", "zdlab_alice"), ("Bob.Smith@example.org", "zdlab_bob_smith_example_org_")]:
         monkeypatch.setenv("ZDLAB_LEARNER", user)
-        assert config.learner_database(config.learner()) == database
+        assert config.learner_database(config.learner()).startswith(database)
 
 
 # --- TLJH ---------------------------------------------------------------------------------
@@ -206,10 +224,11 @@ def test_tljh_install_script_syntax() -> None:
 
 @pytest.mark.parametrize("mode", ["embedded", "shared"])
 def test_tljh_hub_config(mode: str, tmp_path: Path) -> None:
-    url_file = tmp_path / "zdlab-database-url"
-    if mode == "shared":
-        url_file.write_text("postgresql://zdlab:secret@127.0.0.1:5432/workshop\n")
-    code = (TLJH / "zdlab_config.py").read_text().replace('Path("/opt/tljh/config/zdlab-database-url")',
+    url_file = tmp_path / "zdlab-room.json"
+    if mode == "shared":  # what tools/provision_room.py writes
+        url_file.write_text('{"Alice": "postgresql://zdlab_alice_1:a@127.0.0.1:5432/zdlab_alice_1", '
+                            '"bob": "postgresql://zdlab_bob:b@127.0.0.1:5432/zdlab_bob"}\n')
+    code = (TLJH / "zdlab_config.py").read_text().replace('Path("/opt/tljh/config/zdlab-room.json")',
                                                          f"Path({str(url_file)!r})")
     from traitlets.config import Config
 
@@ -220,8 +239,11 @@ def test_tljh_hub_config(mode: str, tmp_path: Path) -> None:
     env = {k: (v(_spawner("Alice", 7)) if callable(v) else v) for k, v in env.items()}
     assert env["PLOOMBER_STATS_ENABLED"] == "false"
     if mode == "shared":
-        assert env["DATABASE_URL"].endswith("/workshop") and env["ZDLAB_LEARNER"] == "Alice"
-        assert "ZDLAB_PORT" not in env
+        # Alice's server holds Alice's credentials only: not bob's, not an admin's.
+        assert env["DATABASE_URL"] == "postgresql://zdlab_alice_1:a@127.0.0.1:5432/zdlab_alice_1"
+        assert env["ZDLAB_LEARNER"] == "Alice" and "ZDLAB_PORT" not in env
+        stranger = c.Spawner.environment.get_value({})["DATABASE_URL"](_spawner("mallory", 9))
+        assert "zdlab_" not in stranger, "a learner not in the room gets no one's database"
     else:
         # Every learner's embedded server on a port of their own: they share the VM's 127.0.0.1.
         assert env["ZDLAB_PORT"] == "20007" and "DATABASE_URL" not in env

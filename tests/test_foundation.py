@@ -56,7 +56,7 @@ def test_embedded_password_is_random_private_and_renewed_without_losing_data(scr
     first = password_file.read_text().strip()
     assert len(first) >= 20 and first != "workshop"
     assert password_file.stat().st_mode & 0o077 == 0, "the password file is readable by its owner only"
-    url = run_zdlab("db", "url", env=env).stdout.strip()
+    url = run_zdlab("db", "url", "--show-password", env=env).stdout.strip()
     assert urlsplit(url).password == first
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE kept (x int)")
@@ -66,7 +66,7 @@ def test_embedded_password_is_random_private_and_renewed_without_losing_data(scr
 
     # The file is lost while the server runs: the kit says how to recover, with no traceback.
     password_file.unlink()
-    lost = run_zdlab("db", "url", env=env)
+    lost = run_zdlab("db", "url", "--show-password", env=env)
     assert_clear(lost)
     assert "`zdlab db stop`, then `zdlab db start`" in lost.stderr and "keeps its data" in lost.stderr
     # ... and that recovery gives a new password, keeping the data.
@@ -75,7 +75,7 @@ def test_embedded_password_is_random_private_and_renewed_without_losing_data(scr
     assert again.returncode == 0, again.stderr
     second = password_file.read_text().strip()
     assert second != first and password_file.stat().st_mode & 0o077 == 0
-    with psycopg.connect(run_zdlab("db", "url", env=env).stdout.strip()) as conn:
+    with psycopg.connect(run_zdlab("db", "url", "--show-password", env=env).stdout.strip()) as conn:
         assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
 
 
@@ -91,7 +91,7 @@ def test_embedded_server_lifecycle_and_stopped_server_message(scratch_home):
     again = run_zdlab("db", "start", env=env)
     assert again.returncode == 0 and run_zdlab("db", "status", env=env).stdout == pid
 
-    url = run_zdlab("db", "url", env=env).stdout.strip()
+    url = run_zdlab("db", "url", "--show-password", env=env).stdout.strip()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT current_database()").fetchone()[0] == "workshop"
         assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("18")
@@ -236,7 +236,7 @@ def test_seed_builds_the_demo_schema(make_sandbox):
 def test_learner_gets_a_database_of_their_own(db_url):
     name = f"t{uuid.uuid4().hex[:6]}"
     try:
-        result = run_zdlab("db", "url", env={"ZDLAB_LEARNER": name})
+        result = run_zdlab("db", "url", "--show-password", env={"ZDLAB_LEARNER": name})
         assert result.returncode == 0, result.stderr
         url = result.stdout.strip()
         assert url.endswith(f"/zdlab_{name}")
@@ -254,7 +254,15 @@ def test_hub_user_names_the_learner_on_a_shared_server(monkeypatch):
     monkeypatch.delenv("ZDLAB_LEARNER", raising=False)
     monkeypatch.setenv("JUPYTERHUB_USER", "Ada.Lovelace@example.org")
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/workshop")
-    assert config.learner() == "ada_lovelace_example_org"
+    # readable, and distinct from names that fold to the same slug (a hash of the full name)
+    assert config.learner().startswith("ada_lovelace_example_org_")
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada_lovelace@example.org")
+    folded = config.learner()
+    monkeypatch.setenv("JUPYTERHUB_USER", "Ada.Lovelace@example.org")
+    assert folded != config.learner()
+    monkeypatch.setenv("ZDLAB_LEARNER", "x" * 200)  # any length: a valid, short database name
+    assert len(config.learner_database(config.learner())) <= 63
+    monkeypatch.delenv("ZDLAB_LEARNER")
     monkeypatch.setenv("JUPYTERHUB_USER", "x" * 60)
     long_a = config.learner()
     monkeypatch.setenv("JUPYTERHUB_USER", "x" * 59 + "y")

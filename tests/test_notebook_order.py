@@ -14,9 +14,13 @@ nbval, in the usual order.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
+
+from zdlab import config, server
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -41,7 +45,44 @@ def learner_database(db_url):
         mp.undo()
 
 
+class ArgvWatch:
+    """Every process's command line, read every few milliseconds while the notebooks run: the
+    database password must be on none (pg_dump, pg_restore, pgbench, psql get it otherwise)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret, self.seen, self.scans = secret, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            for proc in psutil.process_iter(["cmdline"]):
+                line = " ".join(proc.info.get("cmdline") or [])
+                if self.secret in line:
+                    self.seen.append(config.redact(line).replace(self.secret, "<PASSWORD>"))
+            self.scans += 1
+
+
+@pytest.fixture(scope="module")
+def argv_watch(db_url):
+    secret = config.url_password(server.url())
+    if not secret:
+        pytest.skip("the server's URL carries no password to look for")
+    watch = ArgvWatch(secret)
+    watch._thread.start()
+    yield watch
+    watch._stop.set()
+    watch._thread.join()
+
+
 @pytest.mark.parametrize(("path", "run"), RUNS, ids=[f"{p.stem}-run{r}" for p, r in RUNS])
-def test_notebook_passes(path: Path, run: int, learner_database):
-    result = time_notebooks.time_notebook(path, timeout=600)
+def test_notebook_passes(path: Path, run: int, learner_database, argv_watch, tmp_path):
+    result = time_notebooks.time_notebook(path, timeout=600, save=tmp_path)
     assert result.error is None, f"{path.name}, run {run} of 2 (reverse order), failed: {result.error}"
+    # What a saved notebook keeps: no output carries the password.
+    assert argv_watch.secret not in (tmp_path / path.name).read_text(), f"{path.name}'s outputs hold the password"
+
+
+def test_no_password_on_any_command_line_while_the_notebooks_ran(argv_watch):
+    assert argv_watch.scans > 100, "the watch did not run"
+    assert not argv_watch.seen, f"the password was on a command line: {argv_watch.seen[:3]}"

@@ -389,9 +389,9 @@ def test_awkward_learner_names_get_a_database_of_exactly_their_slug(name, db_url
     suffix = uuid.uuid4().hex[:6]
     monkeypatch.setenv("ZDLAB_LEARNER", f"{name} {suffix}")
     slug = config.learner()
-    assert re.fullmatch(r"[a-z0-9_]+", slug) and slug.endswith(suffix), slug
-    result = subprocess.run([sys.executable, "-m", "zdlab", "db", "url"], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "ZDLAB_LEARNER": f"{name} {suffix}"})
+    assert re.fullmatch(r"[a-z0-9_]+", slug) and len(slug) <= config.MAX_LEARNER, slug
+    result = subprocess.run([sys.executable, "-m", "zdlab", "db", "url", "--show-password"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "ZDLAB_LEARNER": f"{name} {suffix}"})
     try:
         assert result.returncode == 0, result.stderr
         with psycopg.connect(result.stdout.strip()) as conn:
@@ -402,7 +402,7 @@ def test_awkward_learner_names_get_a_database_of_exactly_their_slug(name, db_url
                 sql.Identifier(f"zdlab_{slug}")))
 
 
-@pytest.mark.parametrize("name", ["'; --", "!!!", "x" * 60])
+@pytest.mark.parametrize("name", ["'; --", "!!!", " _-_ "])
 def test_a_learner_name_with_nothing_usable_is_bad_input(name, monkeypatch):
     monkeypatch.setenv("ZDLAB_LEARNER", name)
     with pytest.raises(BadInput, match="cannot name a database"):

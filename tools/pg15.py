@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
         if done.returncode != 0:
             return done.returncode
         action = "url"
-    done = zdlab("db", action)
+    done = zdlab("db", action, *(["--show-password"] if action == "url" else []))
     if done.returncode != 0:
         print(done.stderr.strip(), file=sys.stderr)
     elif action == "url":

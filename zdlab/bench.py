@@ -101,10 +101,11 @@ def bench_pgbench_init(scale: int, steps: str) -> tuple[float, int, str]:
     with db.connect(application_name=f"{config.APP_PREFIX}/bench") as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        cmd = [_pg_bin("pgbench"), "-i", "-q", "-s", str(scale), "-I", steps,
-               config.with_database(db.database_url(), name)]
+        # The password by PGPASSWORD, never in pgbench's arguments (`ps` shows them to everyone).
+        target, env = config.client_env(config.with_database(db.database_url(), name))
+        cmd = [_pg_bin("pgbench"), "-i", "-q", "-s", str(scale), "-I", steps, target]
         start = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"pgbench -i failed: {done.stderr.strip()}")

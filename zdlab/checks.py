@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import psycopg
 
-from . import config, statements
+from . import config, grader, statements
 from .errors import ZdlabError, first_line
 from .sandbox import Sandbox
 
@@ -209,18 +209,20 @@ def limit_learner_time(conn: psycopg.Connection) -> None:
 
 
 def run_learner_sql(conn: psycopg.Connection, sql: Any) -> tuple[list[str], list[tuple]]:
-    """Run the learner's query; return (column names, rows). A failure becomes ``Incorrect``."""
+    """Run the learner's query, one statement vetted by ``grader.vet``; return (column names, rows).
+    A failure becomes ``Incorrect``. ``conn`` should come from ``grader.connect``."""
     if not isinstance(sql, str):
         raise Incorrect(f"the answer should be a string holding one SQL query, not {describe(sql)}.")
+    stmts = grader.vet(need_sql("the answer", sql, "SQL (one SELECT query)"), "your query", one=True)
     try:
-        cur = conn.execute(sql)
+        cur = conn.execute(stmts[0])
     except psycopg.Error as exc:
         if conn.broken:
             raise  # the connection died: the checker could not run, not the learner's fault
         if isinstance(exc, psycopg.errors.QueryCanceled):
             raise Incorrect(f"your query ran longer than {LEARNER_TIMEOUT} and was cancelled.") from None
-        first = first_line(exc)
-        raise Incorrect(f"your query failed: {first}") from None
+        first = grader.explain(exc) or f"your query failed: {first_line(exc)}"
+        raise Incorrect(first) from None
     if cur.description is None:
         raise Incorrect("your SQL returned no rows at all: it should be one SELECT query.")
     return [c.name for c in cur.description], cur.fetchall()
@@ -300,7 +302,7 @@ class Exercise:
         try:
             box = box or self._sandbox()
             return Result("correct", self.grade(box, **values), self.label)
-        except Incorrect as exc:
+        except (Incorrect, grader.NotAllowed) as exc:
             return Result("incorrect", str(exc), self.label)
         except ZdlabError as exc:
             return Result("incorrect", f"could not check: {exc.message}", self.label)
@@ -381,7 +383,7 @@ class SandboxSessions(Exercise):
     def grade(self, box: Sandbox, answer_sql: str) -> str:
         need_sql("answer_sql", answer_sql, "SQL (one SELECT query)")
         prefix = f"{config.APP_PREFIX}/{box.schema}/"
-        with box.connect("check", autocommit=False) as conn:
+        with grader.connect(box, "check", autocommit=False) as conn:
             # One transaction: pg_stat_activity is snapshotted at its first read in a transaction,
             # so the learner's query and ours see the same sessions. Rolled back: nothing persists.
             limit_learner_time(conn)

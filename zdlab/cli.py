@@ -14,8 +14,9 @@ from .errors import BadInput, ZdlabError
 
 
 def _db(args: argparse.Namespace) -> int:
-    if args.action == "url":
-        print(db.database_url())
+    if args.action == "url":  # no password unless asked: a URL ends up in shell history and `ps`
+        url = db.database_url()
+        print(url if args.show_password else config.without_password(url))
         return 0
     if config.external_url():
         if args.action == "status":
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", help="the embedded PostgreSQL server")
     p.add_argument("action", choices=["start", "stop", "status", "url"])
+    p.add_argument("--show-password", action="store_true",
+                   help="url: include the password (else psql reads it from PGPASSFILE=.zdlab/pgpass)")
     p.set_defaults(func=_db)
 
     p = sub.add_parser("lab", help="start the database (unless DATABASE_URL) and JupyterLab")

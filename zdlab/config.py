@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .errors import BadInput, ZdlabError
 
@@ -52,14 +52,46 @@ def embedded_password() -> str:
     shared machine can reach. The file is readable by its owner only and never committed.
     """
     try:
-        return password_file().read_text().strip()
+        secret = password_file().read_text().strip()
     except FileNotFoundError:
+        secret = ""
+    if not secret:  # missing, or empty/truncated (a full disk while it was written): same recovery
         raise ZdlabError(
-            f"The embedded server's password file {password_file()} is missing (it is written when "
-            f"the server's data folder is created). `zdlab db stop`, then `zdlab db start`, gives the "
+            f"The embedded server's password file {password_file()} is missing or empty (it is written "
+            f"when the server's data folder is created). `zdlab db stop`, then `zdlab db start`, gives the "
             f"server a new random password and keeps its data; or set DATABASE_URL to use a server "
             f"of your own."
-        ) from None
+        )
+    return secret
+
+
+def password_file_ok() -> bool:
+    """A password file that holds a password (an empty or truncated one is as good as none)."""
+    try:
+        return bool(password_file().read_text().strip())
+    except OSError:
+        return False
+
+
+def passfile() -> Path:
+    """A libpq password file (mode 600) for psql and the other client programs: no password on
+    a command line, where every local user can read it (`ps`)."""
+    return state_dir() / "pgpass"
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only from its first byte (never chmod'ed after)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # all or nothing: a full disk leaves the old file, never a truncated one
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def port() -> int:
@@ -111,20 +143,26 @@ def learner() -> str | None:
             return _hub_learner(hub_user)
     if not raw:
         return None
-    slug = re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_")
-    if not slug or len(slug) > 40:
-        raise BadInput(f"ZDLAB_LEARNER={raw!r} cannot name a database: use 1 to 40 letters, digits, "
-                       f"'-' or '_' (for example ZDLAB_LEARNER=alice).")
-    return slug
+    if not re.sub(r"[^a-z0-9]+", "", raw.lower()):
+        raise BadInput(f"ZDLAB_LEARNER={raw!r} cannot name a database: use letters or digits, with '-' or "
+                       f"'_' between them if you like (for example ZDLAB_LEARNER=alice).")
+    return _hub_learner(raw)
+
+
+MAX_LEARNER = 40  # zdlab_<name> and the roles named after it stay under PostgreSQL's 63 bytes
 
 
 def _hub_learner(user: str) -> str:
-    """A database-safe learner name from a hub user name (often an e-mail address): the slug,
-    shortened with a hash of the full name when it is too long, so two users never share one."""
+    """A database-safe learner name from any name (a hub user name is often an e-mail address).
+
+    The lower-case slug when it says the same as the name; otherwise (other characters were
+    folded, or it is too long) the slug plus a hash of the full name, so two different names
+    never share a database: "Alice" and "alice" are two people to a hub.
+    """
     slug = re.sub(r"[^a-z0-9]+", "_", user.lower()).strip("_") or "user"
-    if len(slug) > 40:
-        slug = f"{slug[:31]}_{hashlib.sha1(user.encode()).hexdigest()[:8]}"
-    return slug
+    if slug == user and len(slug) <= MAX_LEARNER:
+        return slug
+    return f"{slug[:MAX_LEARNER - 9]}_{hashlib.sha1(user.encode()).hexdigest()[:8]}"
 
 
 def learner_database(name: str) -> str:
@@ -154,9 +192,38 @@ def with_database(url: str, database: str) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL (or key=value connection string) with its password hidden, for messages."""
+    """The URL (or key=value connection string) with its password hidden, for messages.
+
+    Up to the last '@' before the host: a password may hold an '@' of its own (libpq reads
+    the user information up to the last one).
+    """
     url = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1***", url)
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@\s]*:)[^\s/?#]*@", r"\1***@", url)
+
+
+def url_password(url: str) -> str | None:
+    """The password in a URL (decoded), or None."""
+    try:
+        secret = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(secret) if secret else None
+
+
+def without_password(url: str) -> str:
+    """The URL with no password at all: what `zdlab db url` prints, and what the kit puts on a
+    client program's command line (the password goes through PGPASSWORD or a password file)."""
+    return re.sub(r"(://[^:/@\s]*):[^\s/?#]*@", r"\1@", url)
+
+
+def client_env(url: str) -> tuple[str, dict[str, str]]:
+    """(URL without its password, environment carrying it as PGPASSWORD) for pg_dump, pgbench, psql:
+    a process's arguments are readable by every local user, its environment by its owner only."""
+    env = dict(os.environ)
+    secret = url_password(url)
+    if secret is not None:
+        env["PGPASSWORD"] = secret
+    return without_password(url), env
 
 
 def sqlalchemy_url(url: str) -> str:

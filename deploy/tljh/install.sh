@@ -5,8 +5,9 @@
 # own server"):
 #
 #   sudo deploy/tljh/install.sh                 # each learner gets an embedded PostgreSQL 18
-#   sudo DATABASE_URL=postgresql://zdlab:secret@127.0.0.1:5432/workshop deploy/tljh/install.sh
-#                                               # one shared PostgreSQL, a database per learner
+#   sudo ZDLAB_ROOM=room.json deploy/tljh/install.sh
+#       # one shared PostgreSQL: room.json made first by an admin with tools/provision_room.py
+#       # (a role and a database per learner; each learner is handed only their own URL)
 #
 # What it does, and why (docs/jupyterhub.md has the long version):
 # 1. the kit needs Python >= 3.11; TLJH's learner environment (/opt/tljh/user) may be older.
@@ -69,13 +70,12 @@ say "notebooks copied to /etc/skel/zdlab (accounts created before now: copy them
 # 4. The hub's configuration for the kit.
 install -d -m 0700 "$config_d"
 install -m 0644 "$repo/deploy/tljh/zdlab_config.py" "$config_d/zdlab.py"
-if [ -n "${DATABASE_URL:-}" ]; then
-  # Only the hub reads this file (0600); learners see DATABASE_URL in their own environment.
-  umask 077
-  printf '%s\n' "$DATABASE_URL" > "$tljh/config/zdlab-database-url"
-  say "learners will share the server in DATABASE_URL, each in a database of their own (zdlab_<user>)"
+if [ -n "${ZDLAB_ROOM:-}" ]; then
+  # Only the hub reads this file (0600); each learner sees only their own URL, as DATABASE_URL.
+  install -m 0600 "$ZDLAB_ROOM" "$tljh/config/zdlab-room.json"
+  say "learners will share one server, each as a role of their own in a database of their own"
 else
-  rm -f "$tljh/config/zdlab-database-url"
+  rm -f "$tljh/config/zdlab-room.json"
   say "each learner gets an embedded PostgreSQL 18 of their own, on a port derived from their hub user id"
 fi
 tljh-config set services.cull.timeout 3600

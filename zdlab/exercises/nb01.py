@@ -24,7 +24,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql as pgsql
 
-from .. import statements
+from .. import grader, statements
 from ..checks import (
     Exercise,
     Incorrect,
@@ -296,8 +296,8 @@ def _run_script(conn: psycopg.Connection, sql: str, what: str) -> None:
         try:
             conn.execute(stmt)
         except psycopg.Error as exc:
-            first = first_line(exc)
-            raise Incorrect(f"{what} failed: {first}") from None
+            first = grader.explain(exc) or f"{what} failed: {first_line(exc)}"
+            raise Incorrect(first) from None
 
 
 def _ms(seconds: float) -> str:
@@ -558,10 +558,18 @@ class DownMigration(Exercise):
     rows = 10_000
 
     def grade(self, box: Sandbox, down_sql: Any) -> str:
-        need_sql("down_sql", down_sql, "SQL statements (the down of the contract step)")
-        with box.connect("check", autocommit=False) as conn:
+        grader.vet(need_sql("down_sql", down_sql, "SQL statements (the down of the contract step)"), "down_sql")
+        # A schema of our own beside the sandbox, owned by the learner's role, dropped at the end;
+        # inside it one transaction, rolled back: the sandbox is not touched.
+        copy = Sandbox(f"{box.name} down", box.url).reset()
+        try:
+            return self._grade(copy, down_sql)
+        finally:
+            copy.drop()
+
+    def _grade(self, box: Sandbox, down_sql: str) -> str:
+        with grader.connect(box, "check", autocommit=False) as conn:
             limit_learner_time(conn)
-            _scratch(conn, box)  # a copy of our own, rolled back at the end: the sandbox is not touched
             conn.execute(CUSTOMERS_SQL.format(rows=self.rows))
             _run_script(conn, SPLIT_NAME_STEPS["1 expand"], "expand")
             _run_script(conn, SPLIT_NAME_STEPS["2 backfill"], "backfill")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from .. import grader
 from ..checks import Exercise, Incorrect, Notebook, need_function, need_sql, require_unnoticed
 from ..errors import first_line
 from ..migrate import Migration, MigrationError, Migrator
@@ -276,8 +277,9 @@ class MissingDowngrade(Exercise):
     )
 
     def grade(self, box: Sandbox, answer_down_sql: str) -> str:
-        need_sql("answer_down_sql", answer_down_sql, "SQL statements (the down migration)")
-        with scratch(box, "q1") as sb, sb.connect("check") as conn:
+        grader.vet(need_sql("answer_down_sql", answer_down_sql, "SQL statements (the down migration)"),
+                   "answer_down_sql")
+        with scratch(box, "q1") as sb, grader.connect(sb, "check") as conn:
             conn.execute(PRODUCTS_SQL)
             m = Migrator(conn, [Migration(4, "currency, price check, name index", Q1_UP_SQL, answer_down_sql)])
             base = fingerprint(conn, "products")
@@ -327,13 +329,14 @@ class DualWriteTrigger(Exercise):
     )
 
     def grade(self, box: Sandbox, answer_trigger_sql: str) -> str:
-        stmts = need_sql("answer_trigger_sql", answer_trigger_sql, "SQL statements (a function and its trigger)")
+        stmts = grader.vet(need_sql("answer_trigger_sql", answer_trigger_sql,
+                                    "SQL statements (a function and its trigger)"), "answer_trigger_sql")
         with scratch(box, "q2", demo_rows=2_000) as sb:
             with sb.connect("setup") as conn:
                 conn.execute(CUSTOMERS_SQL.format(rows=Q2_CUSTOMERS))
                 conn.execute("ALTER TABLE customers ADD COLUMN full_name text")  # step 1, done
             v1, v2 = app_versions(Q2_CUSTOMERS)
-            with sb.connect("migration") as mig, traffic(sb, apps=[v1]) as t:
+            with grader.connect(sb, "migration") as mig, traffic(sb, apps=[v1]) as t:
                 mig.execute("SET lock_timeout = '2s'")
                 t.wait_for_requests(40)
                 for stmt in stmts:
@@ -437,14 +440,15 @@ class UniqueEmail(Exercise):
     )
 
     def grade(self, box: Sandbox, answer_unique_sql: str) -> str:
-        stmts = need_sql("answer_unique_sql", answer_unique_sql, "SQL statements (an index, then a constraint)")
+        stmts = grader.vet(need_sql("answer_unique_sql", answer_unique_sql,
+                                    "SQL statements (an index, then a constraint)"), "answer_unique_sql")
         with box.connect("check") as conn:
             if not conn.execute("SELECT to_regclass('users') IS NOT NULL").fetchone()[0]:
                 seed(box, 20_000, progress=False)
             reset_users_email(conn)
             rows = conn.execute("SELECT count(*) FROM users").fetchone()[0]
         errors: list[str] = []
-        with (box.connect("migration") as mig, box.connect("slow-request", autocommit=False) as slow,
+        with (grader.connect(box, "migration") as mig, box.connect("slow-request", autocommit=False) as slow,
               traffic(box) as t):
             t.wait_for_requests(40)
             # A request in flight: its transaction has written to users and ends SLOW_TX_S later.

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import grader, statements
 from ..checks import Exercise, Incorrect, Notebook, need_function, require_unnoticed
 from ..errors import BadInput
 from ..measure import Step, measure_in, plan_steps
@@ -44,16 +45,20 @@ def normalise_steps(steps: Any) -> list[tuple[str, Step]]:
         plan = plan_steps(steps, "answer_steps")
     except BadInput as exc:
         raise Incorrect(str(exc)) from None
-    for i, (_label, step) in enumerate(plan, 1):
-        if callable(step):
-            need_function(f"step {i} of answer_steps", step, "conn")
+    items = [steps] if isinstance(steps, str) or callable(steps) else steps
+    for i, item in enumerate(items, 1):
+        if isinstance(item, str):  # refused before anything runs (zdlab.grader); BEGIN/COMMIT allowed
+            grader.vet(statements.split(item), f"step {i} of answer_steps", transactions=True)
+        else:
+            need_function(f"step {i} of answer_steps", item, "conn")
     return plan
 
 
 def run_steps(sb: Sandbox, steps: Any, *, workers: int = WORKERS) -> tuple[Report, list[str | None]]:
     """Run the steps on ``sb`` (already seeded) under traffic: the report and each step's error."""
     normalise_steps(steps)
-    report = measure_in(sb, steps, workers=workers, settle_s=SETTLE_S, statement_timeout=STEP_TIMEOUT)
+    report = measure_in(sb, steps, workers=workers, settle_s=SETTLE_S, statement_timeout=STEP_TIMEOUT,
+                        connect=grader.connect)
     return report, [s["error"] for s in report.statements if not s["label"].startswith("ROLLBACK (")]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from .. import grader, statements
 from ..checks import Exercise, Incorrect, Notebook, describe, need_function
 from ..sandbox import Sandbox
 from ..scoreboard import Action, Scoreboard, deploy, in_batches
@@ -91,6 +92,8 @@ def _steps(plan: Any) -> list[tuple[str, Any]]:
                             f"The plan is {shape}.")
         if not isinstance(step[1], str | Action) and not callable(step[1]):
             raise Incorrect(f"step {i} ({step[0]}): the action should be SQL text, in_batches(...) or deploy(...).")
+        if isinstance(step[1], str):
+            grader.vet(statements.split(step[1]), f"step {i} ({step[0]}) of answer_plan", transactions=True)
         if callable(step[1]) and not isinstance(step[1], Action):  # the board calls it with its connection
             need_function(f"step {i} ({step[0]})", step[1], "conn")
         out.append((step[0], step[1]))
