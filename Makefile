@@ -56,7 +56,7 @@ lint: setup
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 bench: db
-	$(PY) -m zdlab.bench
+	$(PY) tools/bench.py
 
 doctor: setup
 	$(PY) -m zdlab doctor

@@ -15,8 +15,8 @@ How it fits together:
   database (pg_catalog, pg_stat_activity, row counts), returns the success message, or raises
   ``Incorrect("what is wrong, in one sentence")``. Run the learner's SQL with ``run_learner_sql``
   so that a typo becomes "incorrect: your query failed: ..." instead of a traceback.
-- ``check()`` reads those variables from the caller's globals (the notebook), so a cell whose
-  placeholder raised ``NotImplementedError`` leaves them undefined: "not attempted yet".
+- ``check()`` reads those variables from the caller's globals (the notebook); the learner's copy
+  sets each to ``...`` (tools/make_notebooks.py), which, like an undefined name, is "not attempted yet".
   Each exercise of a notebook therefore uses variable names of its own (``answer_sql``,
   ``answer_index_sql``...). Tests pass them explicitly: ``ex.q1.check(answer_sql=..., sandbox=box)``.
 - ``Notebook("00_setup", q1=..., q2=...)`` groups one notebook's exercises, binds them to
@@ -39,7 +39,6 @@ from __future__ import annotations
 import html
 import inspect
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -58,7 +57,7 @@ if TYPE_CHECKING:
 
 Status = Literal["correct", "incorrect", "not_attempted"]
 
-STRICT_ENV = "ZDLAB_STRICT_CHECKS"
+STRICT_ENV = config.STRICT_ENV
 LEARNER_TIMEOUT = "10s"  # a runaway learner query must not hang the check cell
 
 _MISSING = object()
@@ -141,7 +140,7 @@ def require_unnoticed(report: Report, what: str = "your steps") -> str:
 
 def strict() -> bool:
     """True when incorrect answers must raise (the test suite's notebook kernels)."""
-    return os.environ.get(STRICT_ENV, "").strip() not in ("", "0", "false", "no")
+    return config.strict_checks()
 
 
 def is_placeholder(value: Any) -> bool:

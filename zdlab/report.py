@@ -15,11 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .records import Span
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .judge import Judgement
-    from .traffic import Request, Sample, Span, Traffic
+    from .records import Request, Sample
+    from .traffic import Traffic
 
 VERDICT_COLORS = {"safe": "#1a7f37", "blocking": "#cf222e", "breaking": "#cf222e", "failed": "#9a6700",
                   "not measured": "#57606a"}
@@ -274,8 +277,6 @@ def stall_intervals(samples: list[Sample], end: float | None = None,
 
 def build_report(t: Traffic, *, rows: int | None = None) -> Report:
     """Summarise a traffic run (finished or still going)."""
-    from .traffic import Span
-
     requests = list(t.requests)
     samples = list(t.samples)
     spans = [s if s.end is not None else Span(s.label, s.sql, s.start, t.now(), s.error) for s in t.spans]
