@@ -61,6 +61,7 @@ STRICT_ENV = config.STRICT_ENV
 LEARNER_TIMEOUT = "10s"  # a runaway learner query must not hang the check cell
 
 _MISSING = object()
+_NOTE_STYLE = "border-left:3px solid #9a6700;padding:0.2em 0.6em;white-space:normal"  # hints, solutions
 _STYLE = {  # symbol, title, colour
     "correct": ("✓", "Correct", "#1a7f37"),
     "incorrect": ("✗", "Incorrect", "#cf222e"),
@@ -110,18 +111,30 @@ class Result:
 
     def show(self) -> None:
         """Display in Jupyter (coloured HTML), print elsewhere."""
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:  # plain Python without IPython
-            print(self.text())
-            return
-        ip = get_ipython()
-        if ip is None:
-            print(self.text())
-            return
-        display({"text/plain": self.text(), "text/html": self._repr_html_()}, raw=True)
-        self._shown_in = ip.execution_count
+        self._shown_in = show(self.text(), self._repr_html_())
+
+
+def show(plain: str, rich: str) -> int | None:
+    """Display ``rich`` (HTML) in a notebook, ``plain`` in other front ends; print ``plain`` outside
+    IPython. HTML wraps at word boundaries, where a long plain-text line is cut mid-word.
+    Returns the cell's execution count when displayed in IPython."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # plain Python without IPython
+        print(plain)
+        return None
+    ip = get_ipython()
+    if ip is None:
+        print(plain)
+        return None
+    display({"text/plain": plain, "text/html": rich}, raw=True)
+    return ip.execution_count
+
+
+def prose_html(text: str) -> str:
+    """Escaped text for HTML, with `backticked` words as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def require_unnoticed(report: Report, what: str = "your steps") -> str:
@@ -266,8 +279,11 @@ class Exercise:
             print(f"No hint for {self.label}.")
             return
         level = max(1, min(int(level), len(self.hints)))
-        more = f"  (more: .hint({level + 1}))" if level < len(self.hints) else "  (last hint; see .solution())"
-        print(f"Hint {level} of {len(self.hints)}: {self.hints[level - 1]}{more}")
+        more = f"more: .hint({level + 1})" if level < len(self.hints) else "last hint; see .solution()"
+        title, text = f"Hint {level} of {len(self.hints)}", self.hints[level - 1]
+        show(f"{title}: {text}  ({more})",
+             f'<div style="{_NOTE_STYLE}"><b>{title}:</b> {prose_html(text)} '
+             f'<span style="color:#57606a">({html.escape(more)})</span></div>')
 
     def solution(self) -> None:
         """Print where the worked answer is and its code."""
@@ -280,7 +296,9 @@ class Exercise:
         if code is None:
             print(f"The worked answer is in {shown} (exercise {self.name}); that file is not in this copy of the kit.")
             return
-        print(f"Worked answer: {shown}, exercise {self.name}:\n\n{code}")
+        show(f"Worked answer: {shown}, exercise {self.name}:\n\n{code}",
+             f'<div style="{_NOTE_STYLE}"><b>Worked answer:</b> <code>{html.escape(shown)}</code>, exercise '
+             f'{html.escape(self.name)}:</div><pre style="margin:0.3em 0">{html.escape(code)}</pre>')
 
     # -- machinery -----------------------------------------------------------------------
     def _evaluate(self, namespace: dict, box: Sandbox | None, given: dict) -> Result:

@@ -79,6 +79,13 @@ def state_dir() -> Path:
     return home() / ".zdlab"
 
 
+def lab_settings_dir() -> Path:
+    """JupyterLab's application settings for `zdlab lab`: its ``overrides.json`` turns off the news
+    pop-up (it asks, over the first notebook's outputs, whether to fetch Jupyter news) and the
+    update check."""
+    return Path(__file__).resolve().parent / "lab_settings"
+
+
 def password_file() -> Path:
     return state_dir() / "password"
 
