@@ -2,7 +2,8 @@
 
 The checkers measure on the database (timings table, backfill under traffic, lock waits,
 rolled-back candidate migrations, checksums), so these tests run them for real on throwaway
-sandboxes.
+sandboxes. A wrong answer that a solution-only cell of solutions/01_risks.ipynb already checks
+with the same assertion (no retry, the concat_ws down, ...) is tested there only.
 """
 
 from __future__ import annotations
@@ -60,11 +61,6 @@ def run_with_lock_timeout(conn, sql, timeout_ms, retries, backoff):
         conn.execute("RESET lock_timeout")
 
 
-def run_once_with_lock_timeout(conn, sql, timeout_ms, retries, backoff):
-    conn.execute(f"SET lock_timeout = '{int(timeout_ms)}ms'")
-    conn.execute(sql)
-
-
 def run_swallowing_errors(conn, sql, timeout_ms, retries, backoff):
     conn.execute(f"SET lock_timeout = '{int(timeout_ms)}ms'")
     for _ in range(retries + 1):
@@ -80,9 +76,6 @@ ALTER TABLE customers ADD COLUMN name text;
 UPDATE customers SET name = CASE WHEN last_name IS NULL THEN first_name ELSE first_name || ' ' || last_name END;
 ALTER TABLE customers DROP COLUMN first_name, DROP COLUMN last_name;
 """
-CONCAT_WS_DOWN = RIGHT_DOWN.replace(
-    "CASE WHEN last_name IS NULL THEN first_name ELSE first_name || ' ' || last_name END",
-    "concat_ws(' ', first_name, last_name)")
 NO_DROP_DOWN = """
 ALTER TABLE customers ADD COLUMN name text;
 UPDATE customers SET name = CASE WHEN last_name IS NULL THEN first_name ELSE first_name || ' ' || last_name END;
@@ -130,8 +123,6 @@ def test_q3_lock_timeout_retry(make_sandbox):
     right = ex.q3.evaluate(run_with_lock_timeout=run_with_lock_timeout, sandbox=box)
     assert right.status == "correct", right.message
     print(right.message)
-    once = ex.q3.evaluate(run_with_lock_timeout=run_once_with_lock_timeout, sandbox=box)
-    assert once.status == "incorrect", once.message
     swallow = ex.q3.evaluate(run_with_lock_timeout=run_swallowing_errors, sandbox=box)
     assert swallow.status == "incorrect" and "raise" in swallow.message, swallow.message
     assert ex.q3.evaluate(run_with_lock_timeout=None, sandbox=box).status == "not_attempted"
@@ -145,7 +136,7 @@ def test_q4_fails_in_production(make_sandbox):
     right = ex.q4.evaluate(fails_in_production="unique_email", sandbox=box)
     assert right.status == "correct", right.message
     print(right.message)
-    for wrong in ("name_length", "add_plan", "no_such_migration"):
+    for wrong in ("no_such_migration",):
         assert ex.q4.evaluate(fails_in_production=wrong, sandbox=box).status == "incorrect", wrong
     assert ex.q4.evaluate(fails_in_production="", sandbox=box).status == "not_attempted"
 
@@ -158,8 +149,7 @@ def test_q5_down_migration(make_sandbox):
     right = ex.q5.evaluate(down_sql=RIGHT_DOWN, sandbox=box)
     assert right.status == "correct", right.message
     print(right.message)
-    for wrong in (CONCAT_WS_DOWN, NO_DROP_DOWN, "ALTER TABLE customers ADD COLUMN name text",
-                  "BEGIN; ALTER TABLE customers ADD COLUMN name text; COMMIT"):
+    for wrong in (NO_DROP_DOWN, "BEGIN; ALTER TABLE customers ADD COLUMN name text; COMMIT"):
         assert ex.q5.evaluate(down_sql=wrong, sandbox=box).status == "incorrect", wrong
     with box.connect() as conn:  # the check works on a rolled-back copy: nothing is left behind
         assert conn.execute("SELECT to_regclass('customers')").fetchone()[0] is None
