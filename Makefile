@@ -81,7 +81,7 @@ lint: setup-dev
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows docs/examples/zdlab-migrations.yml
 
 bench: db
-	$(PY) -m zdlab.bench
+	$(PY) tools/bench.py
 
 doctor: setup
 	$(PY) -m zdlab doctor

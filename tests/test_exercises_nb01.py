@@ -2,7 +2,8 @@
 
 The checkers measure on the database (timings table, backfill under traffic, lock waits,
 rolled-back candidate migrations, checksums), so these tests run them for real on throwaway
-sandboxes.
+sandboxes. A wrong answer that a solution-only cell of solutions/01_risks.ipynb already checks
+with the same assertion (no retry, the concat_ws down, ...) is tested there only.
 """
 
 from __future__ import annotations
@@ -58,11 +59,6 @@ def run_with_lock_timeout(conn, sql, timeout_ms, retries, backoff):
                 time.sleep(backoff * 2 ** attempt)
     finally:
         conn.execute("RESET lock_timeout")
-
-
-def run_once_with_lock_timeout(conn, sql, timeout_ms, retries, backoff):
-    conn.execute(f"SET lock_timeout = '{int(timeout_ms)}ms'")
-    conn.execute(sql)
 
 
 def run_swallowing_errors(conn, sql, timeout_ms, retries, backoff):
@@ -127,8 +123,6 @@ def test_q3_lock_timeout_retry(make_sandbox):
     right = ex.q3.evaluate(run_with_lock_timeout=run_with_lock_timeout, sandbox=box)
     assert right.status == "correct", right.message
     print(right.message)
-    once = ex.q3.evaluate(run_with_lock_timeout=run_once_with_lock_timeout, sandbox=box)
-    assert once.status == "incorrect", once.message
     swallow = ex.q3.evaluate(run_with_lock_timeout=run_swallowing_errors, sandbox=box)
     assert swallow.status == "incorrect" and "raise" in swallow.message, swallow.message
     assert ex.q3.evaluate(run_with_lock_timeout=None, sandbox=box).status == "not_attempted"
@@ -142,7 +136,7 @@ def test_q4_fails_in_production(make_sandbox):
     right = ex.q4.evaluate(fails_in_production="unique_email", sandbox=box)
     assert right.status == "correct", right.message
     print(right.message)
-    for wrong in ("name_length", "add_plan", "no_such_migration"):
+    for wrong in ("no_such_migration",):
         assert ex.q4.evaluate(fails_in_production=wrong, sandbox=box).status == "incorrect", wrong
     assert ex.q4.evaluate(fails_in_production="", sandbox=box).status == "not_attempted"
 

@@ -126,7 +126,7 @@ def test_not_null_not_valid_is_not_enough(make_sandbox, small):
     assert result.status == "incorrect" and "still NOT VALID" in result.message, result.message
 
 
-@pytest.mark.parametrize("answer", [None, "", ...])
+@pytest.mark.parametrize("answer", ["", ...])  # None: the solution-only cell of solutions/03
 def test_not_attempted(answer):
     assert ex.q1.evaluate(answer_steps=answer).status == "not_attempted"
 

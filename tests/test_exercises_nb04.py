@@ -64,7 +64,7 @@ def test_a_plan_of_the_wrong_shape_is_incorrect_without_running(plan, make_sandb
     assert result.status == "incorrect" and "should be" in result.text(), result.text()
 
 
-@pytest.mark.parametrize("plan", [None, ..., "", "# YOUR CODE HERE"])
+@pytest.mark.parametrize("plan", [..., "", "# YOUR CODE HERE"])  # None: solutions/04's solution-only cell
 def test_no_plan_is_not_attempted(plan, make_sandbox):
     assert ex.q1.evaluate(answer_plan=plan, sandbox=make_sandbox("nb04")).status == "not_attempted"
 

@@ -40,7 +40,7 @@ from jupyter_client import KernelManager
 from psycopg import sql
 from test_foundation import assert_clear, free_port, run_zdlab
 
-from zdlab import config, db, doctor, server
+from zdlab import config, connection, db, doctor, server
 from zdlab.exercises.nb02 import wait_until
 from zdlab.sandbox import Sandbox
 from zdlab.seed import seed, seeding_schema
@@ -211,14 +211,14 @@ def test_server_killed_mid_seed_then_doctor_start_and_seed_again(own_server):
     url = db.database_url()
     loader = subprocess.Popen([sys.executable, "-m", "IPython", "--no-banner", "--colors=nocolor", "-c", SEED_CODE],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    long_conn = db.connect_url(url, application_name="zdlab/zd_faults_report/app")
+    long_conn = connection.connect_url(url, application_name="zdlab/zd_faults_report/app")
     long_pid = long_conn.info.backend_pid
     with contextlib.suppress(PermissionError):
         os.setpriority(os.PRIO_PROCESS, long_pid, 19)  # a spinning backend: leave the CPU to the rest
     long_thread = threading.Thread(target=_run_quietly, args=(long_conn, LONG_SQL), daemon=True)
     long_thread.start()
     try:
-        with db.connect_url(url, application_name="zdlab-test/watch") as watch:
+        with connection.connect_url(url, application_name="zdlab-test/watch") as watch:
             # Both loaders (users, orders) connected and inserting, and the long statement running.
             until("the seed's two INSERTs and the long statement to run", lambda: watch.execute(
                 "SELECT count(*) FILTER (WHERE application_name = %s AND query ~ 'INSERT INTO (users|orders)') = 2 "
@@ -247,7 +247,7 @@ def test_server_killed_mid_seed_then_doctor_start_and_seed_again(own_server):
     finally:
         long_conn.close()
 
-    with db.connect_url(url, application_name="zdlab-test/check") as conn:
+    with connection.connect_url(url, application_name="zdlab-test/check") as conn:
         # The killed seed left no users/orders that look complete: only its staging schema...
         assert conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
                             [f"{box.schema}.users", f"{box.schema}.orders"]).fetchone() == (None, None)
@@ -257,7 +257,7 @@ def test_server_killed_mid_seed_then_doctor_start_and_seed_again(own_server):
     assert f"[FAIL] half-seeded tables: the seed of {box.schema} stopped halfway" in half.stdout, half.stdout
 
     assert seed(box, rows=SEED_ROWS, progress=False) == {"users": SEED_ROWS, "orders": SEED_ROWS}
-    with db.connect_url(url, application_name="zdlab-test/check") as conn:
+    with connection.connect_url(url, application_name="zdlab-test/check") as conn:
         assert_nothing_left(conn, box.schema, SEED_ROWS, SEED_ROWS, gone_pids=(long_pid,))
     healthy = run_zdlab("doctor", timeout=120)
     assert healthy.returncode == 0 and "All checks passed." in healthy.stdout, healthy.stdout + healthy.stderr

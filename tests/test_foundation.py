@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from zdlab import config, db
+from zdlab import config, connection, db
 from zdlab.errors import ZdlabError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,7 +172,7 @@ def test_connect_uses_the_workshop_database(db_url):
     with db.connect(application_name="zdlab/test") as conn:
         assert conn.execute("SELECT current_database()").fetchone()[0] == config.DB_NAME
     with pytest.raises(ZdlabError):
-        db.connect_url("postgresql://postgres:x@127.0.0.1:1/workshop")
+        connection.connect_url("postgresql://postgres:x@127.0.0.1:1/workshop")
 
 
 def test_doctor_is_green_on_a_working_lab(db_url):

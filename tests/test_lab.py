@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -51,6 +52,14 @@ def test_zdlab_lab_serves_notebooks_with_a_token(db_url, tmp_path):
         status, body = _get(f"http://127.0.0.1:{port}/api/contents?token={token}")
         assert status == 200
         assert b"00_setup.ipynb" in body  # JupyterLab is rooted at notebooks/
+        # No news pop-up over the first notebook: the kit's overrides.json sets fetchNews to "false"
+        # (JupyterLab asks whenever it is "none", its default).
+        status, body = _get(f"http://127.0.0.1:{port}/lab/api/settings/"
+                            f"@jupyterlab/apputils-extension:notification?token={token}")
+        assert status == 200
+        notification = json.loads(body)["schema"]["properties"]
+        assert notification["fetchNews"]["default"] == "false"
+        assert notification["checkForUpdates"]["default"] is False
         # The server's environment (and so every kernel's) has JupySQL telemetry off.
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
         assert b"PLOOMBER_STATS_ENABLED=false" in environ

@@ -37,10 +37,18 @@ def test_repository_notebooks_match_their_solutions():
     assert found == [], "run `make notebooks`:\n" + "\n".join(found)
 
 
-def test_every_solution_has_an_exercise_copy():
-    solutions = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
-    assert solutions, "no solution notebooks found"
-    assert solutions == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+def test_every_answer_variable_has_a_placeholder_in_the_learners_copy():
+    """Run All on a learner's copy defines every answer its checks read, as ``...`` ("Not attempted
+    yet"), and raises nothing: no cell of it is allowed to raise (nbval runs them)."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        answers = mk.notebook_answers(path.stem)
+        assert answers, f"no exercises registered for {path.name}"
+        cells = nbformat.read(path, as_version=4).cells
+        code = "\n".join(c.source for c in cells if c.cell_type == "code")
+        for name in answers:
+            assert f"\n{name} = ...\n" in f"\n{code}\n", f"{path.name}: no placeholder for {name}"
+        assert "raise NotImplementedError" not in code
+        assert all("raises-exception" not in c.metadata.get("tags", []) for c in cells)
 
 
 def test_check_mode_detects_drift_and_exits_1(tmp_path):
@@ -93,25 +101,36 @@ def test_missing_exercise_copy_is_reported(tmp_path):
 # -- the transform ---------------------------------------------------------------------------
 
 
-def test_solution_block_becomes_placeholder_and_cell_is_tagged():
+def test_solution_block_becomes_its_answer_set_to_a_placeholder():
     source = "x = 1\n### BEGIN SOLUTION\nanswer = x + 1\n### END SOLUTION\nprint(answer)"
-    out = mk.exercise_version(_nb(new_code_cell(source)))
+    out = mk.exercise_version(_nb(new_code_cell(source)), answers={"answer"})
     cell = out.cells[0]
-    assert cell.source == ("x = 1\n# YOUR CODE HERE\n"
-                           'raise NotImplementedError("Write your answer here, then run the check cell below.")\n'
-                           "print(answer)")
-    assert "answer = x + 1" not in cell.source
-    assert cell.metadata["tags"] == ["raises-exception"]
+    assert cell.source == "x = 1\n# YOUR CODE HERE\nanswer = ...\nprint(answer)"
+    assert "tags" not in cell.metadata  # nothing raises, so nothing to excuse
+
+
+def test_a_function_answer_is_a_placeholder_and_its_helpers_are_not_shown():
+    source = ("### BEGIN SOLUTION\nimport re\nHELPER_SQL = 'UPDATE ...'\n\n\ndef drop(conn, table):\n"
+              "    for step in range(3):\n        conn.execute(HELPER_SQL)\n\n\nanswer_drop = drop\n### END SOLUTION")
+    out = mk.exercise_version(_nb(new_code_cell(source)), answers={"answer_drop", "unused"})
+    assert out.cells[0].source == "# YOUR CODE HERE\nanswer_drop = ..."
+    out = mk.exercise_version(_nb(new_code_cell(source)), answers={"answer_drop", "drop"})
+    assert out.cells[0].source == "# YOUR CODE HERE\ndrop = ...\nanswer_drop = ..."
 
 
 def test_placeholder_keeps_indentation_and_existing_tags():
-    source = "def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION"
-    out = mk.exercise_version(_nb(_tagged(new_code_cell(source), "keep-me")))
+    source = "if True:\n    ### BEGIN SOLUTION\n    answer = 42\n    ### END SOLUTION"
+    out = mk.exercise_version(_nb(_tagged(new_code_cell(source), "keep-me")), answers={"answer"})
     cell = out.cells[0]
-    assert cell.source.splitlines() == ["def f():", "    # YOUR CODE HERE",
-                                        '    raise NotImplementedError("Write your answer here, then run the '
-                                        'check cell below.")']
-    assert cell.metadata["tags"] == ["keep-me", "raises-exception"]
+    assert cell.source.splitlines() == ["if True:", "    # YOUR CODE HERE", "    answer = ..."]
+    assert cell.metadata["tags"] == ["keep-me"]
+
+
+def test_a_block_that_defines_no_answer_is_an_error():
+    cell = new_code_cell("### BEGIN SOLUTION\nprint('the answer')\n### END SOLUTION")
+    with pytest.raises(mk.MarkerError, match="defines none of this notebook's answer variables") as err:
+        mk.exercise_version(_nb(new_markdown_cell("intro"), cell), "05_v.ipynb", answers={"answer_sql"})
+    assert "05_v.ipynb, cell 1" in str(err.value) and "answer_sql" in str(err.value)
 
 
 def test_cells_without_markers_are_untouched_and_untagged():
@@ -135,7 +154,8 @@ def test_solution_only_cells_are_dropped_from_the_exercise_copy():
 ])
 def test_broken_markers_raise_a_clear_error(source, words):
     with pytest.raises(mk.MarkerError, match=words) as err:
-        mk.exercise_version(_nb(new_markdown_cell("intro"), new_code_cell(source)), "03_z.ipynb")
+        mk.exercise_version(_nb(new_markdown_cell("intro"), new_code_cell(source)), "03_z.ipynb",
+                            answers={"answer"})
     assert "03_z.ipynb, cell 1" in str(err.value)
 
 
@@ -151,11 +171,11 @@ def test_broken_markers_make_the_command_fail(tmp_path):
 
 
 def test_outputs_and_counts_are_cleared_in_both_versions():
-    cell = new_code_cell("### BEGIN SOLUTION\nprint(1)\n### END SOLUTION", execution_count=7,
+    cell = new_code_cell("### BEGIN SOLUTION\nx = 1\n### END SOLUTION", execution_count=7,
                          outputs=[new_output("stream", name="stdout", text="1\n")])
     cell.metadata["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00Z"}
     nb = _nb(cell)
-    for out in (mk.clean(nb), mk.exercise_version(nb)):
+    for out in (mk.clean(nb), mk.exercise_version(nb, answers={"x"})):
         assert out.cells[0].outputs == [] and out.cells[0].execution_count is None
         assert "execution" not in out.cells[0].metadata
 
@@ -165,9 +185,9 @@ def test_output_is_deterministic_bytes():
     for cell in nb.cells:
         del cell["id"]  # ids must then be derived, not random
     nb.metadata["language_info"] = {"name": "python", "version": "3.11.7"}
-    first = mk.render(mk.exercise_version(nb))
-    assert first == mk.render(mk.exercise_version(nb))
+    first = mk.render(mk.exercise_version(nb, answers={"x"}))
+    assert first == mk.render(mk.exercise_version(nb, answers={"x"}))
     assert first.endswith("}\n")
     again = nbformat.reads(first, as_version=4)
-    assert mk.render(mk.exercise_version(again)) == first  # idempotent on its own output
+    assert mk.render(mk.exercise_version(again, answers={"x"})) == first  # idempotent on its own output
     assert '"version"' not in first  # machine-specific metadata does not leak in

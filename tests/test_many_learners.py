@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from zdlab import config
-from zdlab.db import connect_url
+from zdlab.connection import connect_url
 
 psutil = pytest.importorskip("psutil")
 

@@ -7,8 +7,11 @@
 from it:
 
 - in a code cell, the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` become
-  ``# YOUR CODE HERE`` and ``raise NotImplementedError(...)`` (same indentation), and the cell
-  gets the tag ``raises-exception`` so nbval lets the placeholder raise (it does not require it);
+  ``# YOUR CODE HERE`` and ``<answer> = ...`` for each answer variable the block defines (the
+  ``answers`` of the notebook's exercises, ``zdlab.checks.NOTEBOOKS``), same indentation. Nothing
+  raises, so Run All shows no traceback, and ``check()`` reads ``...`` as "Not attempted yet". A
+  block that defines none of its notebook's answers is an error: the learner would be left with
+  nothing to fill in, or a check that reads an undefined name;
 - cells tagged ``solution-only`` (checker self-tests on known-wrong answers, instructor notes)
   are dropped;
 - outputs, execution counts and per-run metadata are cleared.
@@ -27,8 +30,13 @@ Files in notebooks/ with no solution are extra: ``--check`` lists them, writing 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import importlib
+import pkgutil
 import sys
+import textwrap
+from collections.abc import Collection
 from pathlib import Path
 
 import nbformat
@@ -36,11 +44,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
-PLACEHOLDER = (
-    "# YOUR CODE HERE",
-    'raise NotImplementedError("Write your answer here, then run the check cell below.")',
-)
-RAISES_TAG = "raises-exception"
+PLACEHOLDER = "# YOUR CODE HERE"
 SOLUTION_ONLY_TAG = "solution-only"
 TRANSIENT_CELL_METADATA = ("execution", "collapsed", "scrolled", "ExecuteTime")
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
@@ -50,29 +54,74 @@ class MarkerError(ValueError):
     """A solution block that is not closed, or markers in the wrong order."""
 
 
-def replace_solutions(source: str, where: str = "cell") -> tuple[str, bool]:
-    """``source`` with every solution block replaced by the placeholder; and whether any was."""
+def notebook_answers(name: str) -> set[str]:
+    """The answer variables the exercises of notebook ``name`` (``01_risks``) read."""
+    import zdlab.checks
+    import zdlab.exercises
+
+    for module in pkgutil.iter_modules(zdlab.exercises.__path__):
+        importlib.import_module(f"zdlab.exercises.{module.name}")  # each registers its notebook
+    book = zdlab.checks.NOTEBOOKS.get(name)
+    return {answer for exercise in (book.exercises.values() if book else ()) for answer in exercise.answers}
+
+
+def _bound_names(block: list[str], where: str) -> list[str]:
+    """The names a solution block binds at its top level (assignments, def, class), in order."""
+    try:
+        tree = ast.parse(textwrap.dedent("\n".join(block)))
+    except SyntaxError as exc:
+        raise MarkerError(f"{where}, solution block line {exc.lineno}: not valid Python ({exc.msg}).") from None
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            targets = [node.name]
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            found = node.targets if isinstance(node, ast.Assign) else [node.target]
+            targets = [n.id for t in found for n in ast.walk(t) if isinstance(n, ast.Name)]
+        else:
+            continue
+        names += [n for n in targets if n not in names]
+    return names
+
+
+def _placeholder(block: list[str], indent: str, answers: Collection[str], where: str) -> list[str]:
+    names = [n for n in _bound_names(block, where) if n in answers]
+    if not names:
+        raise MarkerError(f"{where}: the solution block defines none of this notebook's answer variables "
+                          f"({', '.join(sorted(answers)) or 'it has no exercises'}); the learner's copy "
+                          f"would have nothing to fill in.")
+    return [indent + PLACEHOLDER] + [f"{indent}{name} = ..." for name in names]
+
+
+def replace_solutions(source: str, where: str = "cell", answers: Collection[str] = ()) -> str:
+    """``source`` with every solution block replaced by its placeholder.
+
+    The placeholder sets each of ``answers`` that the block defines to ``...``."""
     out: list[str] = []
+    block: list[str] = []
     inside = False
-    found = False
+    indent = ""
     for number, line in enumerate(source.split("\n"), start=1):
         marker = line.strip()
         if marker == BEGIN:
             if inside:
                 raise MarkerError(f"{where}, line {number}: {BEGIN} inside another solution block "
                                   f"(add the missing {END}).")
-            inside = found = True
+            inside = True
             indent = line[: len(line) - len(line.lstrip())]
-            out += [indent + text for text in PLACEHOLDER]
+            block = []
         elif marker == END:
             if not inside:
                 raise MarkerError(f"{where}, line {number}: {END} without a {BEGIN} before it.")
             inside = False
-        elif not inside:
+            out += _placeholder(block, indent, answers, f"{where}, line {number}")
+        elif inside:
+            block.append(line)
+        else:
             out.append(line)
     if inside:
         raise MarkerError(f"{where}: {BEGIN} is never closed; add a line {END} after the answer.")
-    return "\n".join(out), found
+    return "\n".join(out)
 
 
 def _tags(cell: dict) -> list[str]:
@@ -98,17 +147,19 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def exercise_version(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
-    """The learner's copy of solution notebook ``nb`` (``name`` is used in error messages)."""
+def exercise_version(nb: nbformat.NotebookNode, name: str = "notebook",
+                     answers: Collection[str] | None = None) -> nbformat.NotebookNode:
+    """The learner's copy of solution notebook ``nb``; ``name`` (``01_risks.ipynb``) is used in error
+    messages and, when ``answers`` is not given, to find its exercises' answer variables."""
     nb = clean(nb)
+    if answers is None:
+        answers = notebook_answers(Path(name).stem)
     cells = []
     for index, cell in enumerate(nb.cells):
         if SOLUTION_ONLY_TAG in _tags(cell):
             continue
         if cell.cell_type == "code":
-            cell.source, found = replace_solutions(cell.source, f"{name}, cell {index}")
-            if found and RAISES_TAG not in _tags(cell):
-                cell.metadata["tags"] = [*_tags(cell), RAISES_TAG]
+            cell.source = replace_solutions(cell.source, f"{name}, cell {index}", answers)
         elif BEGIN in cell.source or END in cell.source:
             raise MarkerError(f"{name}, cell {index}: solution markers only work in code cells.")
         cells.append(cell)

@@ -15,8 +15,8 @@ How it fits together:
   database (pg_catalog, pg_stat_activity, row counts), returns the success message, or raises
   ``Incorrect("what is wrong, in one sentence")``. Run the learner's SQL with ``run_learner_sql``
   so that a typo becomes "incorrect: your query failed: ..." instead of a traceback.
-- ``check()`` reads those variables from the caller's globals (the notebook), so a cell whose
-  placeholder raised ``NotImplementedError`` leaves them undefined: "not attempted yet".
+- ``check()`` reads those variables from the caller's globals (the notebook); the learner's copy
+  sets each to ``...`` (tools/make_notebooks.py), which, like an undefined name, is "not attempted yet".
   Each exercise of a notebook therefore uses variable names of its own (``answer_sql``,
   ``answer_index_sql``...). Tests pass them explicitly: ``ex.q1.check(answer_sql=..., sandbox=box)``.
 - ``Notebook("00_setup", q1=..., q2=...)`` groups one notebook's exercises, binds them to
@@ -39,7 +39,6 @@ from __future__ import annotations
 import html
 import inspect
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -58,10 +57,11 @@ if TYPE_CHECKING:
 
 Status = Literal["correct", "incorrect", "not_attempted"]
 
-STRICT_ENV = "ZDLAB_STRICT_CHECKS"
+STRICT_ENV = config.STRICT_ENV
 LEARNER_TIMEOUT = "10s"  # a runaway learner query must not hang the check cell
 
 _MISSING = object()
+_NOTE_STYLE = "border-left:3px solid #9a6700;padding:0.2em 0.6em;white-space:normal"  # hints, solutions
 _STYLE = {  # symbol, title, colour
     "correct": ("✓", "Correct", "#1a7f37"),
     "incorrect": ("✗", "Incorrect", "#cf222e"),
@@ -111,18 +111,30 @@ class Result:
 
     def show(self) -> None:
         """Display in Jupyter (coloured HTML), print elsewhere."""
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:  # plain Python without IPython
-            print(self.text())
-            return
-        ip = get_ipython()
-        if ip is None:
-            print(self.text())
-            return
-        display({"text/plain": self.text(), "text/html": self._repr_html_()}, raw=True)
-        self._shown_in = ip.execution_count
+        self._shown_in = show(self.text(), self._repr_html_())
+
+
+def show(plain: str, rich: str) -> int | None:
+    """Display ``rich`` (HTML) in a notebook, ``plain`` in other front ends; print ``plain`` outside
+    IPython. HTML wraps at word boundaries, where a long plain-text line is cut mid-word.
+    Returns the cell's execution count when displayed in IPython."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # plain Python without IPython
+        print(plain)
+        return None
+    ip = get_ipython()
+    if ip is None:
+        print(plain)
+        return None
+    display({"text/plain": plain, "text/html": rich}, raw=True)
+    return ip.execution_count
+
+
+def prose_html(text: str) -> str:
+    """Escaped text for HTML, with `backticked` words as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def require_unnoticed(report: Report, what: str = "your steps") -> str:
@@ -141,7 +153,7 @@ def require_unnoticed(report: Report, what: str = "your steps") -> str:
 
 def strict() -> bool:
     """True when incorrect answers must raise (the test suite's notebook kernels)."""
-    return os.environ.get(STRICT_ENV, "").strip() not in ("", "0", "false", "no")
+    return config.strict_checks()
 
 
 def is_placeholder(value: Any) -> bool:
@@ -273,8 +285,11 @@ class Exercise:
             print(f"No hint for {self.label}.")
             return
         level = max(1, min(int(level), len(self.hints)))
-        more = f"  (more: .hint({level + 1}))" if level < len(self.hints) else "  (last hint; see .solution())"
-        print(f"Hint {level} of {len(self.hints)}: {self.hints[level - 1]}{more}")
+        more = f"more: .hint({level + 1})" if level < len(self.hints) else "last hint; see .solution()"
+        title, text = f"Hint {level} of {len(self.hints)}", self.hints[level - 1]
+        show(f"{title}: {text}  ({more})",
+             f'<div style="{_NOTE_STYLE}"><b>{title}:</b> {prose_html(text)} '
+             f'<span style="color:#57606a">({html.escape(more)})</span></div>')
 
     def solution(self) -> None:
         """Print where the worked answer is and its code."""
@@ -287,7 +302,9 @@ class Exercise:
         if code is None:
             print(f"The worked answer is in {shown} (exercise {self.name}); that file is not in this copy of the kit.")
             return
-        print(f"Worked answer: {shown}, exercise {self.name}:\n\n{code}")
+        show(f"Worked answer: {shown}, exercise {self.name}:\n\n{code}",
+             f'<div style="{_NOTE_STYLE}"><b>Worked answer:</b> <code>{html.escape(shown)}</code>, exercise '
+             f'{html.escape(self.name)}:</div><pre style="margin:0.3em 0">{html.escape(code)}</pre>')
 
     # -- machinery -----------------------------------------------------------------------
     def _evaluate(self, namespace: dict, box: Sandbox | None, given: dict) -> Result:

@@ -59,21 +59,21 @@ def _lab(args: argparse.Namespace) -> int:
         server.start()
     with db.connect():
         pass  # fail here, with a clear message, rather than in the first notebook cell
-    os.environ["PLOOMBER_STATS_ENABLED"] = "false"
-    os.environ.setdefault("ZDLAB_HOME", str(config.home()))
     cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebooks}",
            f"--ServerApp.ip={args.ip}", f"--ServerApp.port={args.port}",
+           f"--LabApp.app_settings_dir={config.lab_settings_dir()}",
            "--ServerApp.port_retries=0", *args.extra]  # the port we print is the port it serves on
     if not args.browser:
         cmd.append("--no-browser")
     if os.geteuid() == 0:
         cmd.append("--allow-root")  # CI and containers often run as root; the token still applies
-    if os.environ.get("JUPYTER_TOKEN"):
+    if config.jupyter_token_set():
         print("JupyterLab starts with the token from JUPYTER_TOKEN.", flush=True)
     else:
         print(f"JupyterLab on http://{args.ip}:{args.port}: open the URL with ?token=... printed below.",
               flush=True)
-    os.execv(sys.executable, cmd)
+    # Telemetry off, and the kernels find this kit's home whatever folder they start in.
+    os.execve(sys.executable, cmd, config.child_env(ZDLAB_HOME=str(config.home())))
     return 0  # not reached
 
 

@@ -2,6 +2,9 @@
 
 - ``DATABASE_URL`` set: use that server, start none (Docker path, shared servers).
 - otherwise: the embedded PostgreSQL 18 under ``<repo>/.zdlab/`` on 127.0.0.1:``ZDLAB_PORT``.
+
+Every other module asks a function here (`pg_bin()`, `strict_checks()`, `child_env()` ...)
+rather than ``os.environ``, so each variable the kit honours is named and checked once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,41 @@ DEFAULT_PORT = 54320  # not 5432: a local PostgreSQL often holds that one
 DB_NAME = "workshop"
 DB_USER = "postgres"
 APP_PREFIX = "zdlab"  # every connection we open is tagged application_name=zdlab/...
+STRICT_ENV = "ZDLAB_STRICT_CHECKS"  # set by the test suite's notebook kernels
+# JupySQL (ploomber-core) sends usage telemetry unless this is set; never from this kit.
+NO_TELEMETRY = {"PLOOMBER_STATS_ENABLED": "false"}
+
+
+def quiet_telemetry() -> None:
+    """Switch JupySQL's telemetry off in this process (and so in what it starts), unless the
+    user chose otherwise: called before JupySQL is imported."""
+    for key, value in NO_TELEMETRY.items():
+        os.environ.setdefault(key, value)
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment for a program the kit starts: ours, telemetry off, plus ``overrides``."""
+    return {**os.environ, **NO_TELEMETRY, **overrides}
+
+
+def pg_bin() -> str | None:
+    """``ZDLAB_PG_BIN``: another PostgreSQL's bin folder for the embedded server (the matrix's 15)."""
+    return os.environ.get("ZDLAB_PG_BIN", "").strip() or None
+
+
+def search_path() -> list[str]:
+    """The folders of ``PATH``, where a server's own client programs may be found."""
+    return [folder for folder in os.environ.get("PATH", "").split(os.pathsep) if folder]
+
+
+def strict_checks() -> bool:
+    """True when incorrect answers must raise (``ZDLAB_STRICT_CHECKS``, the suite's kernels)."""
+    return os.environ.get(STRICT_ENV, "").strip() not in ("", "0", "false", "no")
+
+
+def jupyter_token_set() -> bool:
+    """JupyterLab will take its token from ``JUPYTER_TOKEN`` (the Docker path sets one)."""
+    return bool(os.environ.get("JUPYTER_TOKEN"))
 
 
 def home() -> Path:
@@ -39,6 +77,13 @@ def state_dir() -> Path:
     if os.environ.get("ZDLAB_STATE_DIR"):
         return Path(os.environ["ZDLAB_STATE_DIR"]).expanduser().resolve()
     return home() / ".zdlab"
+
+
+def lab_settings_dir() -> Path:
+    """JupyterLab's application settings for `zdlab lab`: its ``overrides.json`` turns off the news
+    pop-up (it asks, over the first notebook's outputs, whether to fetch Jupyter news) and the
+    update check."""
+    return Path(__file__).resolve().parent / "lab_settings"
 
 
 def password_file() -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import ipaddress
-import os
 import shutil
 import subprocess
 import sys
@@ -136,7 +135,7 @@ def _sql_magic() -> Line:
             "ip.run_line_magic('load_ext', 'sql'); print('ok')")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "PLOOMBER_STATS_ENABLED": "false"})
+                             env=config.child_env())
     except subprocess.TimeoutExpired:
         return Line(False, "%sql magic loads", "Loading JupySQL took over 60 s; reinstall with `make lab`.")
     if out.returncode == 0 and "ok" in out.stdout:

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .records import Span
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .judge import Judgement
-    from .traffic import Request, Sample, Span, Traffic
+    from .records import Request, Sample
+    from .traffic import Traffic
 
 VERDICT_COLORS = {"safe": "#1a7f37", "blocking": "#cf222e", "breaking": "#cf222e", "failed": "#9a6700",
                   "not measured": "#57606a"}
@@ -281,8 +284,6 @@ def stall_intervals(samples: list[Sample], end: float | None = None,
 
 def build_report(t: Traffic, *, rows: int | None = None) -> Report:
     """Summarise a traffic run (finished or still going)."""
-    from .traffic import Span
-
     requests = list(t.requests)
     samples = list(t.samples)
     spans = [s if s.end is not None else Span(s.label, s.sql, s.start, t.now(), s.error) for s in t.spans]
@@ -363,49 +364,58 @@ def _inline_in_notebook() -> None:
 
 
 def plot(report: Report) -> Figure:
-    """Request latency over time, migration statements shaded, lock waits as a red band."""
+    """Request latency over time; migration statements shaded and numbered (their text in the legend);
+    requests that waited on a lock drawn as red bars across the time they waited, above a red band."""
     _inline_in_notebook()
     # A bare Figure (no pyplot) needs no display and is not shown twice in a notebook.
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
     tl = report.timeline
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax = fig.add_subplot()
+    waited = _waited_on_lock(tl.requests, tl.stalls, (report.sample_interval_ms or 10) / 1000)
     kinds = sorted({r.kind for r in tl.requests})
     palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f"]  # none orange/red: those mean trouble
     for i, kind in enumerate(kinds):
-        ok = [r for r in tl.requests if r.kind == kind and not r.error]
+        ok = [r for r in tl.requests if r.kind == kind and not r.error and id(r) not in waited]
         ax.scatter([r.start for r in ok], [r.latency_ms for r in ok], s=7, alpha=0.55,
                    color=palette[i % len(palette)], label=kind.replace("_", " "), linewidths=0)
+    slow = [r for r in tl.requests if id(r) in waited]
+    if slow:
+        # A request blocked for 500 ms is one point among thousands; as a bar from its start to its end
+        # it shows how long, and when, the application was held up.
+        ax.hlines([r.latency_ms for r in slow], [r.start for r in slow], [r.start + r.latency_ms / 1000 for r in slow],
+                  color="#cf222e", linewidth=2.5, alpha=0.8, label=f"waited on a lock ({len(slow)})")
     failed = [r for r in tl.requests if r.error]
     if failed:
         ax.scatter([r.start for r in failed], [r.latency_ms for r in failed], marker="x", s=18,
                    color="#cf222e", label=f"failed ({len(failed)})", linewidths=1)
     ax.set_yscale("log")
     if tl.requests:
-        # Leave the top quarter free (log scale) for the statement labels, so they hide no point.
-        lo = min(r.latency_ms for r in tl.requests) * 0.5  # room for the lock band
-        hi = max(r.latency_ms for r in tl.requests) * 1.5
-        ax.set_ylim(lo, lo * (hi / lo) ** (1 / 0.72))
+        ax.set_ylim(*_latency_range([r.latency_ms for r in tl.requests]))
     xmax = max(tl.duration_s, 0.1)
     both = blended_transform_factory(ax.transData, ax.transAxes)  # x in seconds, y in axes fraction
-    rows: list[list[tuple[float, float]]] = [[] for _ in range(4)]  # label extents per text row
-    for i, s in enumerate(tl.spans):
+    rows: list[list[tuple[float, float]]] = [[] for _ in range(2)]  # number extents per text row
+    for i, s in enumerate(tl.spans, start=1):
         end = s.end if s.end is not None else tl.duration_s
         color = "#cf222e" if s.error else "#f0a030"
         ax.axvspan(s.start, end, color=color, alpha=0.25, linewidth=0,
-                   label=("migration statement" if i == 0 else None))
+                   label=("migration statement" if i == 1 else None))
         ax.axvline(s.start, color=color, linewidth=0.8, alpha=0.8)  # an instant statement stays visible
+        # A number at the line, the statement in the legend: labels of statements close together
+        # cannot overlap, and need no room above the data.
+        right = s.start > 0.9 * xmax
+        ax.text(s.start, 0.985 - 0.07 * _label_row(rows, s.start / xmax, len(str(i)) + 1, right),
+                f"{i} " if right else f" {i}", transform=both, fontsize=9, fontweight="bold", va="top",
+                ha="right" if right else "left", color="#cf222e" if s.error else "#5a3a00", clip_on=True)
         label = s.label if len(s.label) <= 40 else s.label[:39] + "…"
-        text = ("✗ " if s.error else "") + label
-        right = s.start > 0.6 * xmax  # late statements: label to the left of the line, not off the plot
-        ax.text(s.start, 0.97 - 0.06 * _label_row(rows, s.start / xmax, len(text) + 1, right),
-                f"{text} " if right else f" {text}", transform=both,
-                fontsize=8, va="top", ha="right" if right else "left",
-                color="#5a3a00" if not s.error else "#cf222e", clip_on=True)
+        ax.add_line(Line2D([], [], linestyle="none", marker=f"${i}$", markersize=4 + len(str(i)),
+                           color="#cf222e" if s.error else "#5a3a00",
+                           label=("✗ " if s.error else "") + label))
     for i, (start, end) in enumerate(tl.stalls):
-        ax.axvspan(start, end, ymin=0, ymax=0.04, color="#cf222e", alpha=0.9, linewidth=0,
+        ax.axvspan(start, end, ymin=0, ymax=0.05, color="#cf222e", alpha=0.9, linewidth=0,
                    label=("app waiting on a lock" if i == 0 else None))
     ax.set_xlim(0, xmax)
     ax.set_xlabel("seconds since traffic started")
@@ -413,8 +423,26 @@ def plot(report: Report) -> Figure:
     ax.set_title(report._headline(), fontsize=11, color=report._color(), loc="left")
     ax.grid(True, which="major", axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=2, frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=1.5, frameon=False)
     return fig
+
+
+def _waited_on_lock(requests: list[Request], stalls: list[tuple[float, float]], step_s: float) -> set[int]:
+    """The requests (by id) in flight for at least one sampler interval of a stall: those the sampler
+    saw waiting, as near as a request without its backend's pid can tell."""
+    out = set()
+    for r in requests:
+        end = r.start + r.latency_ms / 1000
+        if any(min(end, b) - max(r.start, a) >= step_s for a, b in stalls):
+            out.add(id(r))
+    return out
+
+
+def _latency_range(latencies: list[float]) -> tuple[float, float]:
+    """Log-scale limits that fit the data: half the fastest request below (room for the red band) and
+    a little above the slowest (room for the statement numbers), not decades of empty axis."""
+    lo, hi = min(latencies) * 0.5, max(latencies)
+    return lo, hi * max(hi / lo, 10) ** 0.12
 
 
 def _label_row(rows: list[list[tuple[float, float]]], x: float, chars: int, right: bool) -> int:

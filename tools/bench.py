@@ -1,4 +1,4 @@
-"""`python -m zdlab.bench [--rows N]` (`make bench`): the kit's own speed, measured in one run.
+"""`python tools/bench.py [--rows N]` (`make bench`): the kit's own speed, measured in one run.
 
 Figures, all on the server the kit uses (embedded, or DATABASE_URL):
 
@@ -36,12 +36,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from . import config, db, server
-from .errors import ZdlabError
-from .measure import measure
-from .report import Report
-from .sandbox import Sandbox
-from .seed import seed
+from zdlab import config, db, server
+from zdlab.errors import ZdlabError
+from zdlab.measure import measure
+from zdlab.report import Report
+from zdlab.sandbox import Sandbox
+from zdlab.seed import seed
 
 PGBENCH_ROWS_PER_SCALE = 100_000  # pgbench_accounts rows per scale unit
 TRAFFIC_ROUNDS = 4                 # off/on alternated, so drift in machine load hits both
@@ -125,7 +125,7 @@ def bench_pgbench_init(scale: int, steps: str) -> tuple[float, int, str]:
 def bench_traffic(box: Sandbox) -> list[tuple[float, float]] | None:
     """(requests/s without, with the sampler) per round, alternated; None without the module."""
     try:
-        from .traffic import traffic
+        from zdlab.traffic import traffic
     except ImportError:
         return None
     pairs = []
@@ -150,7 +150,7 @@ def bench_sampler_poll(box: Sandbox, polls: int = 300) -> float | None:
     """
     try:
         # the module: the package re-exports a function of the same name
-        traffic_module = importlib.import_module(f"{__package__}.traffic")
+        traffic_module = importlib.import_module("zdlab.traffic")
         query = traffic_module._SAMPLE_SQL
     except (ImportError, AttributeError):
         return None
@@ -280,7 +280,7 @@ def bench_suite() -> str:
 # -- main --------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zdlab.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="users to seed (as many orders)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each bulk load; the best is compared")
     parser.add_argument("--no-notebooks", action="store_true", help="skip (e), the notebooks' run times")
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         version = conn.execute("SHOW server_version").fetchone()[0]
     wall = time.perf_counter()
     print(f"zdlab bench, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: "
-          f"`python -m zdlab.bench --rows {args.rows} --repeat {args.repeat}`")
+          f"`tools/bench.py --rows {args.rows} --repeat {args.repeat}`")
     for key, value in machine().items():
         print(f"  {key:<36} {value}")
     where = "DATABASE_URL" if config.external_url() else "embedded"
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(per round: {', '.join(f'{c:.1f}' for c in costs)} %)")
             poll_ms = bench_sampler_poll(box)
             if poll_ms is not None:
-                from .traffic import traffic as make_traffic  # its default poll period, not a copy
+                from zdlab.traffic import traffic as make_traffic  # its default poll period, not a copy
 
                 interval = inspect.signature(make_traffic).parameters["sample_interval"].default
                 print(f"  one sampler poll: {poll_ms:.2f} ms median round trip; every {interval * 1000:.0f} ms that "
