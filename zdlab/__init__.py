@@ -25,8 +25,8 @@ from .errors import ZdlabError  # noqa: E402
 from .locks import locks_taken  # noqa: E402
 from .measure import measure, measure_in  # noqa: E402
 from .migrate import IrreversibleMigration, Migration, Migrator  # noqa: E402
-from .report import Report  # noqa: E402
 from .progress import show as show_progress  # noqa: E402
+from .report import Report  # noqa: E402
 from .sandbox import Sandbox, sandbox  # noqa: E402
 from .scoreboard import Scoreboard  # noqa: E402
 from .seed import DEMO_TABLES, seed  # noqa: E402

@@ -156,6 +156,12 @@ def _port_setting(name: str, default: int, example: str) -> int:
     return int(raw)
 
 
+def service_home() -> Path:
+    """Started as root: where the service user keeps what it cannot reach in the checkout
+    (``ZDLAB_SERVICE_HOME``, default /var/lib/zdlab-pg)."""
+    return Path(os.environ.get("ZDLAB_SERVICE_HOME", "") or "/var/lib/zdlab-pg")
+
+
 def demo_scale() -> float:
     """ZDLAB_DEMO_SCALE: multiply every seeded table's size (default 1).
 

@@ -70,7 +70,7 @@ def bin_dir() -> Path:
 
 def pgdata() -> Path:
     """The data folder: in the state folder; as root, when the service user cannot reach that
-    (a clone under a private home folder), under SERVICE_HOME instead, folder modes untouched."""
+    (a clone under a private home folder), under config.service_home() instead, folder modes untouched."""
     state = config.state_dir()
     if os.geteuid() == 0 and not reachable_by_others(state):
         return _private(state) / "pgdata"
@@ -95,11 +95,8 @@ def _service_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SERVICE_USER)
 
 
-SERVICE_HOME = Path("/var/lib/zdlab-pg")  # as root: what the service user cannot reach where it is
-
-
 def _service_home() -> Path:
-    return Path(os.environ.get("ZDLAB_SERVICE_HOME", "") or SERVICE_HOME)
+    return config.service_home()
 
 
 def reachable_by_others(path: Path) -> bool:
@@ -117,7 +114,7 @@ def reachable_by_others(path: Path) -> bool:
 
 def _private(path: Path) -> Path:
     """As root, when the service user cannot reach ``path``: a folder of the same name under
-    SERVICE_HOME (0755 folders root made), one per original path."""
+    config.service_home() (0755 folders root made), one per original path."""
     digest = hashlib.sha1(str(Path(os.path.abspath(path))).encode()).hexdigest()[:12]
     return _service_home() / f"{path.name}-{digest}"
 
