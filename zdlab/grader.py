@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from . import config, db, statements
-from .errors import first_line
+from .errors import ZdlabError, first_line
 from .sandbox import Sandbox
 
 ROLE_PREFIX = "zdg_"
@@ -151,8 +151,22 @@ _KINDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "f"
 def hand_over(admin: psycopg.Connection, schema: str, role: str) -> None:
     """Make ``role`` the owner of ``schema`` and everything in it (DDL needs the owner).
 
-    Run before traffic starts: ALTER ... OWNER takes a brief exclusive lock on each table.
+    Run before traffic starts: ALTER ... OWNER takes a brief exclusive lock on each table, so a
+    session left holding a lock there (an open transaction in a notebook) would make it wait:
+    bounded by a lock_timeout, with a message that says what to do.
     """
+    with admin.transaction():
+        admin.execute("SET LOCAL lock_timeout = '10s'")
+        try:
+            _hand_over(admin, schema, role)
+        except psycopg.errors.LockNotAvailable:
+            raise ZdlabError(f"The check could not take over the tables of {schema}: another session holds a "
+                             f"lock on one of them (an open transaction in a notebook?). `zdlab doctor` lists "
+                             f"it; end it (or run the notebook's first cell again), then run the check again."
+                             ) from None
+
+
+def _hand_over(admin: psycopg.Connection, schema: str, role: str) -> None:
     admin.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
     rels = admin.execute(
         "SELECT c.relname, c.relkind FROM pg_class c WHERE c.relnamespace = to_regnamespace(%s) "
