@@ -187,6 +187,7 @@ def own_server(monkeypatch: pytest.MonkeyPatch) -> Path:
     """A second embedded server (data folder in a temporary directory, a free port), for this
     process and the commands it runs; stopped and deleted afterwards, whatever happened."""
     state = Path(tempfile.mkdtemp(prefix="zdlab-faults-"))
+    state.chmod(0o755)  # as root the server runs as zdlab-pg, which must reach its data folder here
     for name, value in {"ZDLAB_STATE_DIR": str(state), "ZDLAB_PORT": str(free_port()),
                         "ZDLAB_LEARNER": "faults", "DATABASE_URL": ""}.items():
         monkeypatch.setenv(name, value)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import psycopg
 
-from . import config, grader, statements
+from . import config, grader, registry, statements
 from .errors import ZdlabError, first_line
 from .sandbox import Sandbox
 
@@ -354,7 +354,7 @@ class Notebook:
         return config.home() / "solutions" / f"{self.name}.ipynb"
 
 
-NOTEBOOKS: dict[str, Notebook] = {}
+NOTEBOOKS: dict[str, Notebook] = registry.NOTEBOOKS  # shared with zdlab.progress
 
 
 def solution_code(path: Path, variable: str) -> str | None:

@@ -44,7 +44,7 @@ def catalog() -> dict[str, list[str]]:
     """Every notebook's exercises, in order: {"00_setup": ["q1"], "01_risks": ["q1", ...], ...}."""
     import zdlab.exercises
 
-    from .checks import NOTEBOOKS
+    from .registry import NOTEBOOKS
 
     for module in pkgutil.iter_modules(zdlab.exercises.__path__):
         importlib.import_module(f"zdlab.exercises.{module.name}")
