@@ -28,6 +28,7 @@ class Span:
     end: float | None = None
     error: str | None = None
     pid: int | None = None  # the migration session that ran it, when there was one
+    rows: int | None = None  # rows it changed (an UPDATE holds each one's lock until it commits)
 
     @property
     def duration_ms(self) -> float | None:

@@ -325,6 +325,7 @@ def build_report(t: Traffic, *, rows: int | None = None) -> Report:
         failures_after_start=after, touched_tables=touched, unmeasured_tables=unmeasured,
         blocking_chain=chain,
         statements=[{"label": s.label, "sql": s.sql, "start_s": _r(s.start, 3), "duration_ms": _r(s.duration_ms),
+                     "rows": s.rows,
                      "error": s.error} for s in spans],
         tables=tables,
         timeline=Timeline(requests, spans, stalls, caused, samples, duration),

@@ -266,7 +266,9 @@ class Traffic:
         span = Span(label or short_sql(sql), sql, self.now(), pid=conn.info.backend_pid)
         self.spans.append(span)
         try:
-            conn.execute(sql, prepare=False)
+            cur = conn.execute(sql, prepare=False)
+            span.rows = cur.rowcount if cur.rowcount >= 0 and cur.statusmessage and \
+                cur.statusmessage.split()[0] in ("UPDATE", "DELETE", "INSERT", "MERGE") else None
         except psycopg.Error as exc:
             span.error = describe_error(exc)
             if raise_errors:

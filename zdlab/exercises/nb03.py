@@ -34,6 +34,10 @@ RULE_SQL = ("CASE WHEN EXISTS (SELECT 1 FROM orders o WHERE o.user_id = users.id
 # judge sees as app writes waiting on it for most of its work; a 5,000-row batch holds its locks
 # for a few ms. Seeding takes about 1.5 s.
 CHECK_ROWS = 200_000
+# A statement that changes more rows than this holds all their row locks until it commits: any app
+# write to one of them waits for the whole statement, however short it was on this machine. The
+# hint's batches are a few thousand rows. Counted by PostgreSQL (the statement's row count).
+MAX_ROWS_AT_ONCE = 10_000
 WORKERS = 4
 SETTLE_S = 0.3  # baseline traffic before the steps and a tail after them
 STEP_TIMEOUT = "60s"  # a runaway statement of the learner's must not hang the check
@@ -152,6 +156,14 @@ class StatusColumn(Exercise):
                        "before adding the CHECK, or give the new column a DEFAULT.")
             raise Incorrect(f"{report.failed_requests} application requests failed while your steps "
                             f"ran, {n} with {err}.{why}")
+        big = [s for s in report.statements if (s.get("rows") or 0) > MAX_ROWS_AT_ONCE]
+        if big:
+            waited = sum(b["samples"] for b in report.blocking_chain if b["blocker"] == "migration")
+            raise Incorrect(f"the application noticed your steps: `{big[0]['label']}` changed {big[0]['rows']:,} "
+                            f"rows in one transaction and held every one's row lock until it committed, so any "
+                            f"app write to those users waited for the whole statement ({waited} samples of app "
+                            f"requests waiting on the migration in this run). Change them in batches of a few "
+                            f"thousand rows, each committed.")
         measured = require_unnoticed(report)
         took = sum(s["duration_ms"] or 0 for s in report.statements) / 1000
         return (f"users.status is NOT NULL and all {total:,} users match the rule; your {len(errors)} steps "
