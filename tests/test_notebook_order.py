@@ -13,6 +13,7 @@ nbval, in the usual order.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -86,3 +87,28 @@ def test_notebook_passes(path: Path, run: int, learner_database, argv_watch, tmp
 def test_no_password_on_any_command_line_while_the_notebooks_ran(argv_watch):
     assert argv_watch.scans > 100, "the watch did not run"
     assert not argv_watch.seen, f"the password was on a command line: {argv_watch.seen[:3]}"
+
+
+def test_a_failing_pg_dump_cell_keeps_no_password_in_its_saved_output(learner_database, argv_watch, tmp_path):
+    """Notebook 01's backup cell as the learner has it, made to fail (it dumps a table that does not
+    exist): the saved notebook keeps the traceback, and the traceback names the command and its URL,
+    never the password."""
+    import nbformat
+
+    source = nbformat.read(REPO / "solutions" / "01_risks.ipynb", as_version=4)
+    dump = next(c for c in source.cells if c.cell_type == "code" and '"pg_dump"' in c.source)
+    assert ".customers\"" in dump.source, "the backup cell changed: point this test at its table again"
+    setup = ("import subprocess, tempfile, time\nfrom pathlib import Path\nimport zdlab\nfrom zdlab import server\n"
+             "sb = zdlab.sandbox('pgdump_leak')\nconn = sb.connect()")
+    failing = dump.source.replace(".customers\"", ".no_such_table\"")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(failing)])
+    path = tmp_path / "pg_dump_fails.ipynb"
+    nbformat.write(nb, path)
+    result = time_notebooks.time_notebook(path, timeout=300, save=tmp_path / "saved")
+    saved = (tmp_path / "saved" / path.name).read_text()
+    outputs = json.dumps([c.get("outputs", []) for c in nbformat.reads(saved, as_version=4).cells])
+    if "SKIPPED, the backup and restore drill" in outputs:
+        pytest.skip("no pg_dump of this server's version is installed")
+    assert result.error and "CalledProcessError" in result.error, result.error  # it did fail, as intended
+    assert "--dbname" in outputs and "no_such_table" in outputs, "the traceback should name the command it ran"
+    assert argv_watch.secret not in saved, "the failed pg_dump cell's saved output holds the password"

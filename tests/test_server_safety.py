@@ -113,11 +113,10 @@ def test_a_full_disk_says_so_and_advises_nothing_that_deletes_data(base):
         assert "reset --server" not in result.stderr and "Remove" not in result.stderr
         assert not list((small / "state").glob("*.tmp")) and not (small / "state" / "password").exists()
         # doctor looks at the data folder's file system, not the checkout's
-        os.environ["ZDLAB_STATE_DIR"] = env["ZDLAB_STATE_DIR"]
-        try:
+        with pytest.MonkeyPatch.context() as mp:  # the embedded server's folder, whatever server the suite uses
+            mp.setenv("ZDLAB_STATE_DIR", env["ZDLAB_STATE_DIR"])
+            mp.delenv("DATABASE_URL", raising=False)
             line = doctor._disk()
-        finally:
-            del os.environ["ZDLAB_STATE_DIR"]
         assert not line.ok and str(small) in line.what and "0.0 GB" in line.what, line.what
     finally:
         subprocess.run(["umount", "-l", str(small)])

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from matplotlib.figure import Figure
 
-from zdlab.report import Report, stall_intervals
+from zdlab.records import Span
+from zdlab.report import Report, held_by, stall_intervals
 from zdlab.seed import seed
 from zdlab.traffic import KINDS, Sample, traffic
 
@@ -204,3 +205,20 @@ def test_custom_app_versions_and_a_rolling_deploy(make_sandbox):
     with box.connect() as conn:  # the inserts of both versions landed, with distinct ids
         inserted = sum(r.kind == "insert" and r.error is None for r in t.requests)
         assert conn.execute("SELECT count(*) FROM orders WHERE id > 2000").fetchone()[0] == inserted
+
+
+def test_a_held_lock_is_judged_per_transaction_of_the_step():
+    """A batched backfill: app requests wait on each batch's row locks, one batch at a time. Each
+    batch is a transaction of its own, so the step is judged by its worst batch, not as one lock
+    held for the whole step; the same waits inside ONE transaction are one lock held throughout."""
+    span = Span("backfill", "UPDATE ...", 0.0, 0.2, pid=9)
+
+    def samples(xact_of):  # 20 samples, 10 ms apart; an app request waits on pid 9 in every other one
+        return [Sample(i / 100, {1: (9,)} if i % 2 else {}, frozenset({1}), frozenset(), {9: xact_of(i)})
+                for i in range(20)]
+
+    batches = held_by(span, samples(lambda i: float(i // 4)))  # a new transaction every 4 samples
+    assert batches["transactions"] == 5 and batches["samples"] == 2 and batches["held_ms"] == pytest.approx(40)
+    one = held_by(span, samples(lambda i: 0.0))
+    assert one["transactions"] == 1 and one["samples"] == 10 and one["held_ms"] == pytest.approx(200)
+    assert one["coverage"] == batches["coverage"] == 0.5

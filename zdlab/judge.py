@@ -15,7 +15,8 @@ judges, so a fast laptop and a crowded CI machine reach the same verdict for the
   ``pg_stat_activity`` and ``pg_blocking_pids()`` sampled every ~10 ms. App-on-app row-lock waits
   are the application's own business and do not count against the migration.
 - **held**: for each migration statement, the time app requests waited on a lock that statement's
-  session *held while working* (the session itself was not waiting for a lock). A statement whose
+  session *held while working* (the session itself was not waiting for a lock), per transaction:
+  a lock is held until its transaction ends, so a batched backfill is judged batch by batch. A statement whose
   waiters cover at least ``HELD_COVERAGE`` of its own working time, for longer than the slowest
   request of the run took on its own (and ``HELD_MIN_SAMPLES`` samples; one sample when it
   rewrote a table the app uses, from ``relfilenode``), blocks for as long as it runs, so it
@@ -136,9 +137,10 @@ def judge(report: Report, *, allowed_ms: float = 0.0) -> Judgement:
             grows = (f"; if its work grows with the table (a build, a rewrite, an UPDATE of every row), about "
                      f"{h['held_ms'] * 10 / 1000:,.1f} s at {report.rows * 10:,} rows (notebook 01 measures how)"
                      if report.rows else "")
-            j.reasons.append(f"`{h['label']}` held a lock app requests waited on for {h['coverage']:.0%} of its "
-                             f"{h['held_ms']:,.0f} ms of work: it blocks as long as it runs, longer on a larger "
-                             f"table{grows}")
+            whose = (f"of one of its {h['transactions']} transactions' {h['held_ms']:,.0f} ms"
+                     if h.get("transactions", 1) > 1 else f"of its {h['held_ms']:,.0f} ms")
+            j.reasons.append(f"`{h['label']}` held a lock app requests waited on for {h['coverage']:.0%} {whose} "
+                             f"of work: it blocks as long as it runs, longer on a larger table{grows}")
     elif report.unmeasured_tables:
         j.verdict = "not measured"
         j.reasons.append(f"the migration locked or named {', '.join(report.unmeasured_tables)}, which the "

@@ -17,6 +17,11 @@ class Request:
     app: str = "app"  # which application version served it (rolling deploys)
     worker: int = -1  # which worker (pod) sent it
 
+    @property
+    def end(self) -> float:
+        """Seconds since traffic start when it returned (a request in flight when a DDL began ends after it)."""
+        return self.start + self.latency_ms / 1000
+
 
 @dataclass
 class Span:
@@ -41,6 +46,9 @@ class Sample:
     waiting: dict[int, tuple[int, ...]] = field(default_factory=dict)  # app pid -> blocker pids
     apps: frozenset[int] = frozenset()  # app backends seen: a wait on one of them is app-on-app
     lock_waiting: frozenset[int] = frozenset()  # other sessions (migrations) themselves waiting for a lock
+    # other sessions' current transaction (its xact_start, epoch s; None: none open): a lock is
+    # held until its transaction ends, so a batched backfill's locks are judged per batch
+    xacts: dict[int, float | None] = field(default_factory=dict)
 
     def queued(self, working: Callable[[int, float], bool]) -> dict[int, tuple[int, ...]]:
         """The waits on a session that is not the application and is not working on a migration

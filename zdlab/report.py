@@ -342,18 +342,31 @@ def held_by(span: Span, samples: list[Sample]) -> dict[str, Any] | None:
     """How long app requests waited on locks this statement's session held while it worked.
 
     Samples in which the session itself waited for a lock (queued behind someone) are not its
-    work: the app waiting behind it then is the lock queue, judged by the stall instead."""
+    work: the app waiting behind it then is the lock queue, judged by the stall instead.
+
+    A lock is held until its transaction ends, so a step of many transactions (a batched
+    backfill) is judged by its worst transaction: the app waits for one batch, not for the
+    whole backfill. One statement, or a BEGIN ... COMMIT block, is one transaction."""
     if span.pid is None:
         return None
     end = span.end if span.end is not None else float("inf")
     inside = [s for s in samples if span.start <= s.t <= end]
     working = [s for s in inside if span.pid not in s.lock_waiting]
-    held = [s for s in working if any(span.pid in blockers for blockers in s.waiting.values())]
+    transactions: dict[float | None, list[Sample]] = {}
+    for s in working:
+        transactions.setdefault(s.xacts.get(span.pid), []).append(s)
     gaps = [b.t - a.t for a, b in zip(samples, samples[1:], strict=False)]
     step_ms = statistics.median(gaps) * 1000 if gaps else 10.0
-    return {"label": span.label, "held_ms": round(len(working) * step_ms, 1),
-            "wait_ms": round(len(held) * step_ms, 1), "samples": len(held),
-            "coverage": round(len(held) / len(working), 3) if working else 0.0}
+
+    def waited(group: list[Sample]) -> int:
+        return sum(1 for s in group if any(span.pid in blockers for blockers in s.waiting.values()))
+
+    worst = max(transactions.values(), key=lambda g: (waited(g), len(g)), default=[])
+    held = waited(worst)
+    return {"label": span.label, "held_ms": round(len(worst) * step_ms, 1),
+            "wait_ms": round(held * step_ms, 1), "samples": held,
+            "coverage": round(held / len(worst), 3) if worst else 0.0,
+            "transactions": len(transactions)}
 
 
 def _inline_in_notebook() -> None:

@@ -54,7 +54,8 @@ _SQL = {
 # Who is in the sandbox and waiting; pg_blocking_pids() only for lock waiters (it is not free).
 _SAMPLE_SQL = """
 SELECT pid, application_name, wait_event_type, wait_event,
-       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END, state, query, now()
+       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END, state, query, now(),
+       extract(epoch FROM xact_start)
 FROM pg_stat_activity
 WHERE left(application_name, length(%(prefix)s)) = %(prefix)s AND pid <> pg_backend_pid()
   AND datname = current_database()  -- learners on one server use the same sandbox names
@@ -426,7 +427,8 @@ class Traffic:
                            if name == app and wtype == "Lock"}
                 apps = frozenset(pid for pid, name, *_ in rows if name == app)
                 others = frozenset(pid for pid, name, wtype, *_ in rows if name != app and wtype == "Lock")
-                self.samples.append(Sample(t, waiting, apps, others))
+                xacts = {pid: row[-1] for pid, name, *row in rows if name != app}
+                self.samples.append(Sample(t, waiting, apps, others, xacts))
                 self._note_migration_locks(conn)
                 if waiting and waiting != previous:
                     self._resolve_chain(conn, prefix, list(waiting))
