@@ -412,9 +412,9 @@ def test_a_learner_name_with_nothing_usable_is_bad_input(name, monkeypatch):
 @pytest.mark.parametrize("name", AWKWARD)
 def test_awkward_table_names_are_used_exactly(guarded, name):
     """The kit's helpers that take a table name work on a table called exactly that."""
-    from zdlab.exercises.nb01 import LongTransaction, checksum
-    from zdlab.exercises.nb02 import fingerprint
     from zdlab.exercises.nb03 import column_state
+    from zdlab.fingerprint import checksum, fingerprint
+    from zdlab.longtx import LongTransaction
 
     table = sql.Identifier(name)
     with guarded.connect() as conn:

@@ -1,30 +1,22 @@
-"""Notebook 01_risks: the five risks of a data migration, and the exercises that go with them.
+"""Notebook 01_risks: the exercises on the five risks of a data migration (learntools-style).
 
-Besides the checkers (``ex = Notebook("01_risks", q1=..., ...)``) this module holds the few
-scenario helpers the notebook and its checkers share, so that a check measures exactly the
-situation the notebook demonstrates:
-
-- ``LongTransaction``: a session that reads a table in an open transaction and ends it a set
-  time after a migration is seen queued behind it (the notebook controls its lifetime);
-- ``try_migrations``: run candidate migrations on an empty copy, on the sandbox's data, or on a
-  production-like copy, each in a transaction that is rolled back;
-- ``checksum``: row count, content hash and column list of a table, to prove up/down/up.
+The scenario helpers the notebook and these checks share live in the package: a long transaction
+(``zdlab.longtx``), candidate migrations tried on production-like data (``zdlab.attempts``), a
+table's checksum (``zdlab.fingerprint``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
 from .. import grader, statements
+from ..attempts import PRODUCTION_ROWS, try_migrations
 from ..checks import (
     Exercise,
     Incorrect,
@@ -37,16 +29,17 @@ from ..checks import (
     require_unnoticed,
 )
 from ..errors import first_line
+from ..fingerprint import checksum
+from ..longtx import LongTransaction
 from ..report import Report
 from ..sandbox import Sandbox
-from ..seed import FK_SQL, ORDERS_AFTER, ORDERS_BATCH, SCHEMA_SQL, USERS_AFTER, USERS_BATCH, seed
+from ..seed import seed
 from ..traffic import KINDS, traffic
 
 USERS_ROWS = 200_000  # users rows the notebook seeds; checkers seed as many when the table is missing
 ESTIMATE_ROWS = 100_000_000
 ESTIMATE_TOLERANCE = 0.2  # the estimate may differ from the fit's prediction by 20%
 BASELINE_S = 0.3  # traffic before and after the graded step, so its plot shows the contrast
-POLL_S = 0.005  # watcher poll: a 50-100 ms lock wait is seen ten times or more
 
 # -- risk 2: the backfill ------------------------------------------------------------------------
 
@@ -56,16 +49,6 @@ BACKFILL_BATCH = 2_000
 
 # -- risk 4: production data is not what the seed script makes -------------------------------------
 
-PRODUCTION_DRIFT_SQL = """
--- Years of support tickets: accounts re-created with the e-mail typed in capitals.
-INSERT INTO users (id, email, name)
-SELECT m.top + u.id, upper(u.email), u.name
-FROM users u, (SELECT max(id) AS top FROM users) m
-WHERE u.id % 2000 = 0;
--- Users who signed up through single sign-on never gave a name.
-UPDATE users SET name = NULL WHERE id % 500 = 0;
-"""
-
 CANDIDATES = {
     "add_plan": "ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free'",
     "unique_email": "CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email))",
@@ -73,7 +56,6 @@ CANDIDATES = {
     "status_check": ("ALTER TABLE orders ADD CONSTRAINT orders_status_check "
                      "CHECK (status IN ('new', 'paid', 'shipped', 'delivered'))"),
 }
-PRODUCTION_ROWS = 50_000  # the checker's own production-like copy: enough for the drift to show
 
 # -- risk 5: a migration with a down -------------------------------------------------------------
 
@@ -127,164 +109,6 @@ def reset_backfill_column(conn: psycopg.Connection) -> None:
     column = pgsql.Identifier(BACKFILL_COLUMN)
     conn.execute(pgsql.SQL("ALTER TABLE users DROP COLUMN IF EXISTS {}").format(column))
     conn.execute(pgsql.SQL("ALTER TABLE users ADD COLUMN {} text").format(column))
-
-
-@dataclass
-class LongTransaction:
-    """A session that read ``table`` in a transaction it keeps open: a report, a console, a job.
-
-    It ends (rollback) ``seconds`` after the session ``watch_pid`` is first seen waiting for a
-    lock, or when the ``with`` block ends, whichever comes first. A watcher in a second session
-    records every stretch in which ``watch_pid`` waited (``waits``: (start, end) monotonic).
-    """
-
-    box: Sandbox
-    table: str = "users"
-    seconds: float = 2.0
-    watch_pid: int | None = None
-    waits: list[tuple[float, float]] = field(default_factory=list)
-    blocked_by: list[str] = field(default_factory=list)  # who the watched session waited for, first time
-    started_at: float = 0.0
-    released_at: float | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _conn: psycopg.Connection | None = None
-    _error: BaseException | None = None
-
-    def __enter__(self) -> LongTransaction:
-        self._conn = self.box.connect("long-tx", autocommit=False)
-        self._conn.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(self.table)))
-        self.started_at = time.monotonic()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="zdlab-long-tx")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        self._release()
-        if self._conn is not None:
-            self._conn.close()
-
-    @property
-    def lived_s(self) -> float:
-        end = self.released_at if self.released_at is not None else time.monotonic()
-        return end - self.started_at
-
-    def _release(self) -> None:
-        if self.released_at is None and self._conn is not None and not self._conn.closed:
-            self._conn.rollback()
-            self.released_at = time.monotonic()
-
-    def _watch(self) -> None:
-        try:
-            with self.box.connect("long-tx-watch", prepare_threshold=None) as obs:
-                release_at: float | None = None
-                waiting_since: float | None = None
-                while not self._stop.is_set():
-                    now = time.monotonic()
-                    waiting = self.watch_pid is not None and obs.execute(
-                        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)",
-                        [self.watch_pid]).fetchone()[0]
-                    if waiting and waiting_since is None:
-                        waiting_since = now
-                        if release_at is None:
-                            release_at = now + self.seconds
-                            self.blocked_by = [r[0] for r in obs.execute(
-                                "SELECT coalesce(nullif(split_part(application_name, '/', 3), ''), "
-                                "application_name) || ' (' || state || ')' FROM pg_stat_activity "
-                                "WHERE pid = ANY(pg_blocking_pids(%s))", [self.watch_pid])]
-                    elif not waiting and waiting_since is not None:
-                        self.waits.append((waiting_since, now))
-                        waiting_since = None
-                    if release_at is not None and now >= release_at and self.released_at is None:
-                        self._release()  # the scenario: the transaction ends now
-                    self._stop.wait(POLL_S)
-                if waiting_since is not None:
-                    self.waits.append((waiting_since, time.monotonic()))
-        except BaseException as exc:  # shown by the caller; the rollback still happens in __exit__
-            self._error = exc
-
-
-@dataclass
-class Attempt:
-    """A candidate migration run in a transaction that was rolled back."""
-
-    name: str
-    sql: str
-    ok: bool
-    error: str | None
-    ms: float
-
-
-Data = Literal["empty", "sandbox", "production"]
-
-
-def _scratch(conn: psycopg.Connection, box: Sandbox) -> str:
-    """A schema inside the caller's transaction (gone at its rollback), first on the search_path."""
-    name = f"{box.schema}_try_{uuid.uuid4().hex[:8]}"
-    conn.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(name)))
-    conn.execute("SELECT set_config('search_path', %s, true)", [f"{name},public"])
-    return name
-
-
-def _load_schema(conn: psycopg.Connection, rows: int) -> None:
-    conn.execute(SCHEMA_SQL)
-    if rows:
-        conn.execute(USERS_BATCH, {"lo": 1, "hi": rows})
-        conn.execute(ORDERS_BATCH, {"lo": 1, "hi": rows, "users": rows})
-    for stmt in [*USERS_AFTER, *ORDERS_AFTER, FK_SQL]:  # the keys seed() builds
-        if not stmt.startswith("VACUUM"):  # VACUUM cannot run in a transaction
-            conn.execute(stmt)
-    if rows:
-        conn.execute(PRODUCTION_DRIFT_SQL)
-
-
-def try_migrations(box: Sandbox, migrations: dict[str, str], data: Data = "sandbox") -> list[Attempt]:
-    """Run each migration on ``data`` and roll everything back; what failed, and why.
-
-    ``empty``: the tables as a fresh development database has them, no rows. ``sandbox``: the
-    sandbox's own tables and rows. ``production``: a production-like copy (seeded rows plus
-    the drift of ``PRODUCTION_DRIFT_SQL``), built for the occasion.
-    """
-    out = []
-    with box.connect("try", autocommit=False) as conn:
-        conn.execute("SET LOCAL lock_timeout = '5s'")  # never queue behind someone's long transaction
-        limit_learner_time(conn)
-        if data != "sandbox":
-            _scratch(conn, box)
-            _load_schema(conn, PRODUCTION_ROWS if data == "production" else 0)
-        for name, sql in migrations.items():
-            conn.execute("SAVEPOINT candidate")
-            start = time.perf_counter()
-            try:
-                for stmt in statements.split(sql):
-                    conn.execute(stmt)
-                error = None
-            except psycopg.Error as exc:
-                error = first_line(exc)
-            ms = (time.perf_counter() - start) * 1000
-            conn.execute("ROLLBACK TO SAVEPOINT candidate")
-            out.append(Attempt(name, sql, error is None, error, ms))
-        conn.rollback()
-    return out
-
-
-def checksum(conn: psycopg.Connection, table: str = "customers") -> tuple[int, str, tuple]:
-    """(row count, md5 of every row, columns with types): equal means the same data.
-
-    Rows as jsonb, ordered by id: column order does not matter, values and NULLs do.
-    """
-    ident = pgsql.Identifier(table)
-    count, digest = conn.execute(pgsql.SQL(
-        "SELECT count(*), md5(coalesce(string_agg(to_jsonb(t)::text, '|' ORDER BY t.id), '')) FROM {} t"
-    ).format(ident)).fetchone()
-    columns = tuple(conn.execute(  # quote_ident: the name as given, not folded to lower case
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = to_regclass(quote_ident(%s)) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
-        [table]).fetchall())
-    return count, digest, columns
 
 
 def _run_script(conn: psycopg.Connection, sql: str, what: str) -> None:

@@ -27,6 +27,7 @@ from psycopg import sql
 from .. import grader
 from ..checks import Exercise, Incorrect, Notebook, need_function, need_sql, require_unnoticed
 from ..errors import first_line
+from ..fingerprint import differences, fingerprint
 from ..migrate import Migration, MigrationError, Migrator
 from ..sandbox import Sandbox
 from ..seed import seed
@@ -36,63 +37,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..report import Report
-
-
-# -- fingerprints: what "the same schema and the same data" means -----------------------------
-
-COLUMNS_SQL = """
-SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale,
-       is_nullable, column_default
-FROM information_schema.columns
-WHERE table_schema = current_schema() AND table_name = %(table)s
-ORDER BY column_name"""
-CONSTRAINTS_SQL = """
-SELECT conname, contype, pg_get_constraintdef(oid)
-FROM pg_constraint
-WHERE conrelid = to_regclass(quote_ident(%(table)s))
-ORDER BY conname"""
-INDEXES_SQL = """
-SELECT indexname, indexdef FROM pg_indexes
-WHERE schemaname = current_schema() AND tablename = %(table)s
-ORDER BY indexname"""
-DATA_SQL = sql.SQL("""
-SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))
-FROM {table} AS t""")
-
-
-def fingerprint(conn: psycopg.Connection, table: str) -> dict[str, Any]:
-    """Columns, constraints, indexes (from the catalogs) and rows (count + md5 of every row).
-
-    ``table`` is a name as it is, not SQL: quoted (sql.Identifier, quote_ident) wherever it is used.
-    """
-    args = {"table": table}
-    exists = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", [table]).fetchone()[0]
-    rows = (conn.execute(DATA_SQL.format(table=sql.Identifier(table))).fetchone() if exists
-            else (None, None))
-    return {
-        "columns": conn.execute(COLUMNS_SQL, args).fetchall(),
-        "constraints": conn.execute(CONSTRAINTS_SQL, args).fetchall(),
-        "indexes": conn.execute(INDEXES_SQL, args).fetchall(),
-        "rows": rows[0],
-        "checksum": rows[1],
-    }
-
-
-def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """Which parts of two fingerprints differ, in words."""
-    out = []
-    for part in ("columns", "constraints", "indexes"):
-        gone = sorted(set(before[part]) - set(after[part]), key=str)
-        new = sorted(set(after[part]) - set(before[part]), key=str)
-        if gone:
-            out.append(f"{part} missing: {', '.join(str(x[0]) for x in gone)}")
-        if new:
-            out.append(f"{part} extra: {', '.join(str(x[0]) for x in new)}")
-    if before["rows"] != after["rows"]:
-        out.append(f"row count {before['rows']} -> {after['rows']}")
-    elif before["checksum"] != after["checksum"]:
-        out.append("same row count but different data (checksum)")
-    return out
 
 
 # -- section 1: the products table and the migration whose down is missing ----------------------
