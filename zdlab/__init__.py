@@ -25,6 +25,7 @@ from .errors import ZdlabError  # noqa: E402
 from .locks import locks_taken  # noqa: E402
 from .measure import measure, measure_in  # noqa: E402
 from .migrate import IrreversibleMigration, Migration, Migrator  # noqa: E402
+from .notebook import sql_magic  # noqa: E402
 from .progress import show as show_progress  # noqa: E402
 from .report import Report  # noqa: E402
 from .sandbox import Sandbox, sandbox  # noqa: E402
@@ -32,6 +33,6 @@ from .scoreboard import Scoreboard  # noqa: E402
 from .seed import DEMO_TABLES, seed  # noqa: E402
 from .traffic import AppVersion, traffic  # noqa: E402
 
-__all__ = ["connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES", "ZdlabError",
+__all__ = ["sql_magic", "connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES", "ZdlabError",
            "traffic", "AppVersion", "measure", "measure_in", "Report", "locks_taken", "confirm", "ClaimFailed",
            "Scoreboard", "Migrator", "Migration", "IrreversibleMigration", "show_progress"]
