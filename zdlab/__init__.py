@@ -19,6 +19,7 @@ from . import config as _config
 # JupySQL sends usage telemetry unless told not to; switched off before anything imports it.
 _config.quiet_telemetry()
 
+from .calibrate import seed_visible  # noqa: E402
 from .claims import ClaimFailed, confirm  # noqa: E402
 from .db import connect, database_url  # noqa: E402
 from .errors import ZdlabError  # noqa: E402
@@ -33,6 +34,7 @@ from .scoreboard import Scoreboard  # noqa: E402
 from .seed import DEMO_TABLES, seed  # noqa: E402
 from .traffic import AppVersion, traffic  # noqa: E402
 
-__all__ = ["sql_magic", "connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES", "ZdlabError",
+__all__ = ["sql_magic", "seed_visible", "connect", "database_url", "sandbox", "Sandbox", "seed", "DEMO_TABLES",
+           "ZdlabError",
            "traffic", "AppVersion", "measure", "measure_in", "Report", "locks_taken", "confirm", "ClaimFailed",
            "Scoreboard", "Migrator", "Migration", "IrreversibleMigration", "show_progress"]
