@@ -24,10 +24,11 @@ from psycopg.pq import TransactionStatus
 
 from . import statements
 from .errors import BadInput, ZdlabError
+from .records import Span
 from .report import Report
 from .sandbox import Sandbox
 from .seed import seed
-from .traffic import KINDS, describe_error, traffic
+from .traffic import KINDS, Traffic, describe_error, traffic
 
 SETTLE_S = 1.0  # baseline traffic before, and tail after, the migration: shows the contrast
 WARMUP_PER_KIND = 6  # psycopg prepares after 5 runs; the prepared-statement trap needs them warm
@@ -131,16 +132,8 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
         time.sleep(settle_s)  # baseline traffic, so the plot shows normal latency first
         t.wait_for_requests(workers * len(KINDS) * WARMUP_PER_KIND, timeout=WARMUP_TIMEOUT_S)
         for i, (label, step) in enumerate(plan):
-            # Autocommit sends BEGIN/COMMIT verbatim: Postgres itself opens and closes the block.
-            if isinstance(step, str):
-                failed = t.run(mig, step, label=label).error is not None
-            else:
-                try:
-                    with t.statement(label, conn=mig):
-                        step(mig)
-                except Exception:  # recorded on the span by statement(); a verdict, never a traceback
-                    failed = True
-            if failed:
+            if run_step(t, mig, label, step).error is not None:
+                failed = True
                 not_run = len(plan) - i - 1
                 break
         if not mig.closed and mig.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
@@ -151,6 +144,27 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
     report = t.report(rows=rows, allowed_ms=allowed_ms)
     report.statements_not_run = not_run
     return report
+
+
+def run_step(t: Traffic, conn: psycopg.Connection, label: str, step: Step, shown: str = "") -> Span:
+    """Run one step under ``t``'s traffic on the migration connection, recorded as a span of its timeline.
+
+    ``step``: one SQL statement, or a function of the connection (what it returns, as text, is
+    the span's ``note``; ``shown``: what the span shows as its SQL). An error is recorded on the
+    span, never raised: the verdict reads it. The one way a step runs, for ``measure_in`` and for
+    ``zdlab.scoreboard``.
+    """
+    # Autocommit sends BEGIN/COMMIT verbatim: Postgres itself opens and closes the block.
+    if isinstance(step, str):
+        return t.run(conn, step, label=label)
+    with t.statement(label, shown, conn=conn) as span:
+        try:
+            out = step(conn)
+            span.note = None if out is None else str(out)
+        except Exception as exc:  # a verdict, never a traceback
+            # The kit's own errors are a paragraph for a person; others: class and first line.
+            span.error = str(exc) if isinstance(exc, ZdlabError) else describe_error(exc)
+    return span
 
 
 def run_setup(sb: Sandbox, setup_sql: str) -> None:

@@ -34,6 +34,7 @@ class Span:
     error: str | None = None
     pid: int | None = None  # the migration session that ran it, when there was one
     rows: int | None = None  # rows it changed (an UPDATE holds each one's lock until it commits)
+    note: str | None = None  # what a step function returned, as text (a backfill's batch count)
 
     @property
     def duration_ms(self) -> float | None:

@@ -240,6 +240,15 @@ class Report:
         confirm(what, holds, self.measured())
         return self
 
+    def requests_by_app(self, start: float = 0.0, end: float = float("inf")) -> dict[str, tuple[int, int]]:
+        """App version -> (requests, failed) among the requests that started in ``[start, end)`` (seconds)."""
+        out: dict[str, tuple[int, int]] = {}
+        for r in self.timeline.requests:
+            if start <= r.start < end:
+                n, failed = out.get(r.app, (0, 0))
+                out[r.app] = (n + 1, failed + bool(r.error))
+        return out
+
 
 def _r(x: float | None, digits: int = 1) -> float | None:
     return None if x is None else round(x, digits)

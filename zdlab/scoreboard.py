@@ -31,6 +31,7 @@ from psycopg.pq import TransactionStatus
 from . import grader, statements
 from .errors import BadInput
 from .judge import blocks, held_floor_ms, noise_ms
+from .measure import run_step
 from .report import held_by, stall_intervals, working_in
 from .sandbox import Sandbox
 from .traffic import AppVersion, Traffic, describe_error, traffic
@@ -124,12 +125,7 @@ class Deploy(Action):
     def run(self, board: Scoreboard, conn: psycopg.Connection) -> str | None:
         t = board.traffic
         t.deploy(self.app, self.pods)
-        # Done when every redeployed worker has dropped its old connection: from then on no
-        # request of the old code can start on it.
-        deadline = time.monotonic() + WAIT_S
-        while not t.deployed() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if not t.deployed():
+        if not t.wait_deployed(WAIT_S):
             raise StepError(f"deploy({self.app.name}): some workers did not switch within {WAIT_S:.0f} s")
         return "pods: " + ", ".join(t.versions())
 
@@ -296,21 +292,8 @@ class Scoreboard:
         self.steps.append(score)
         self._retrying = retries
         self._retry_count = 0
-        with t.statement(label, shown, conn=self._conn) as span:
-            try:
-                score.note = self._run(action)
-            except psycopg.Error as exc:
-                score.error = describe_error(exc)
-                span.error = score.error
-            except StepError as exc:
-                score.error = str(exc)
-                span.error = score.error
-            except Exception as exc:  # a learner's step function failed: score it, keep the board running
-                score.error = f"{type(exc).__name__}: {exc}"
-                span.error = score.error
-            finally:
-                if self._conn.info.transaction_status != TransactionStatus.IDLE:
-                    self._conn.rollback()  # a failed block must not keep its locks
+        span = run_step(t, self._conn, label, self._rolled_back_on_error(action), shown)
+        score.note, score.error = span.note, span.error
         score.end = t.now()
         score.retries = self._retry_count
         self._after_step()
@@ -319,6 +302,17 @@ class Scoreboard:
             print(score.line() + (f"\n      {score.note}" if score.note else "")
                   + (f"\n      ERROR {score.error}" if score.error else ""))
         return score
+
+    def _rolled_back_on_error(self, action: StepAction) -> Callable[[psycopg.Connection], str | None]:
+        """The step as a function of the connection (``zdlab.measure.run_step`` runs it); a failed
+        block never keeps its locks."""
+        def run(conn: psycopg.Connection) -> str | None:
+            try:
+                return self._run(action)
+            finally:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.rollback()
+        return run
 
     def _run(self, action: StepAction) -> str | None:
         conn = self._conn

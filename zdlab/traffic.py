@@ -212,20 +212,46 @@ class Traffic:
     def running(self) -> bool:
         return bool(self._threads) and self.ended is None
 
-    def deploy(self, app: AppVersion, pods: int | None = None) -> None:
+    def deploy(self, app: AppVersion, pods: int | None = None, *, wait_s: float = 0.0) -> None:
         """Roll ``app`` out to the first ``pods`` workers (all by default).
 
         A redeployed worker is a new process: it opens a new connection (so it has no
-        prepared statements yet) before its next request.
+        prepared statements yet) before its next request. ``wait_s``: wait up to this long
+        until every redeployed worker has switched (``ZdlabError`` if one has not).
         """
         count = self.workers if pods is None else max(0, min(pods, self.workers))
         for i in range(count):
             self._assigned[i] = app
             self._redeploy[i] = True
+        if wait_s and not self.wait_deployed(wait_s):
+            raise ZdlabError(f"The pods did not switch to {app.name} within {wait_s:.0f} s. Run the cell again; "
+                             f"if it fails again, the machine is overloaded (`zdlab doctor`).")
 
     def deployed(self) -> bool:
         """True once every redeployed worker has dropped its old connection (no old code runs)."""
         return not any(self._redeploy)
+
+    def wait_deployed(self, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until every redeployed worker has dropped its old connection; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.deployed() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.deployed()
+
+    def let_run(self, requests: int = 400, timeout: float = 10.0) -> None:
+        """Let the application serve this many more requests (a baseline, or time to recover).
+
+        Raises ``ZdlabError`` when it does not within ``timeout``: the app has stopped."""
+        if not self.wait_for_requests(len(self.requests) + requests, timeout=timeout):
+            raise ZdlabError(f"The simulated application served fewer than {requests} requests in {timeout:.0f} s: "
+                             f"its traffic is not running. Run the cell again; `zdlab doctor` checks the database.")
+
+    def warm_up(self, per_worker: int, timeout: float = 20.0) -> None:
+        """Wait until every worker has served ``per_worker`` requests (psycopg prepares a statement
+        after 5 runs); ``ZdlabError`` when one has not within ``timeout``."""
+        if not self.wait_for_each_worker(per_worker, timeout=timeout):
+            raise ZdlabError(f"Not every simulated pod served {per_worker} requests in {timeout:.0f} s: the app is "
+                             f"not running. Run the cell again; `zdlab doctor` checks the database.")
 
     def versions(self) -> list[str]:
         """Which version each worker runs now."""

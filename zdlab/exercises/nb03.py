@@ -21,7 +21,6 @@ from .. import grader, statements
 from ..checks import Exercise, Incorrect, Notebook, need_function, require_unnoticed
 from ..errors import BadInput
 from ..measure import Step, measure_in, plan_steps
-from ..report import Report
 from ..sandbox import Sandbox
 from ..seed import seed
 
@@ -56,14 +55,6 @@ def normalise_steps(steps: Any) -> list[tuple[str, Step]]:
         else:
             need_function(f"step {i} of answer_steps", item, "conn")
     return plan
-
-
-def run_steps(sb: Sandbox, steps: Any, *, workers: int = WORKERS) -> tuple[Report, list[str | None]]:
-    """Run the steps on ``sb`` (already seeded) under traffic: the report and each step's error."""
-    normalise_steps(steps)
-    report = measure_in(sb, steps, workers=workers, settle_s=SETTLE_S, statement_timeout=STEP_TIMEOUT,
-                        connect=grader.connect)
-    return report, [s["error"] for s in report.statements if not s["label"].startswith("ROLLBACK (")]
 
 
 def column_state(conn: psycopg.Connection, table: str, column: str) -> dict[str, Any] | None:
@@ -114,12 +105,12 @@ class StatusColumn(Exercise):
         normalise_steps(answer_steps)  # a malformed answer is reported before anything runs
         box.reset()
         seed(box, CHECK_ROWS, progress=False)
-        report, errors = run_steps(box, answer_steps)
-        failed = [(i, e) for i, e in enumerate(errors) if e]
-        if failed:
-            i, error = failed[0]
-            label = report.statements[i]["label"] if i < len(report.statements) else f"step {i + 1}"
-            raise Incorrect(f"step {i + 1} ({label}) failed: {error}")
+        report = measure_in(box, answer_steps, workers=WORKERS, settle_s=SETTLE_S, statement_timeout=STEP_TIMEOUT,
+                            connect=grader.connect)
+        ran = [s for s in report.statements if not s["label"].startswith("ROLLBACK (")]  # not the runner's clean-up
+        failed = next((i for i, s in enumerate(ran) if s["error"]), None)
+        if failed is not None:
+            raise Incorrect(f"step {failed + 1} ({ran[failed]['label']}) failed: {ran[failed]['error']}")
         with box.connect("check") as conn:
             state = column_state(conn, "users", "status")
             if state is None:
@@ -166,7 +157,7 @@ class StatusColumn(Exercise):
                             f"thousand rows, each committed.")
         measured = require_unnoticed(report)
         took = sum(s["duration_ms"] or 0 for s in report.statements) / 1000
-        return (f"users.status is NOT NULL and all {total:,} users match the rule; your {len(errors)} steps "
+        return (f"users.status is NOT NULL and all {total:,} users match the rule; your {len(ran)} steps "
                 f"took {took:.1f} s under traffic: {measured}, with no rewrite and no failed request.")
 
 
