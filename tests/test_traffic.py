@@ -222,3 +222,13 @@ def test_a_held_lock_is_judged_per_transaction_of_the_step():
     one = held_by(span, samples(lambda i: 0.0))
     assert one["transactions"] == 1 and one["samples"] == 10 and one["held_ms"] == pytest.approx(200)
     assert one["coverage"] == batches["coverage"] == 0.5
+
+
+def test_a_batch_counts_once_its_wait_exceeds_the_noise_a_whole_statement_once_it_exceeds_the_floor():
+    from zdlab.judge import holders
+
+    one = {"label": "UPDATE", "coverage": 0.9, "samples": 8, "wait_ms": 80.0, "held_ms": 90.0, "transactions": 1}
+    batch = dict(one, label="batches", transactions=20)
+    # floor 50 ms (the slowest request on its own), noise 120 ms: the statement blocks, the batch does not
+    assert holders([one, batch], 50.0, limit_ms=120.0) == [one]
+    assert holders([batch], 50.0, limit_ms=60.0) == [batch]  # a batch the app waited on for longer than the noise
