@@ -64,7 +64,10 @@ V2 = AppVersion("v2", {"read_user": _v2_read, "upgrade_plan": _v2_upgrade})
 # -- the migrations of releases 1 and 2 -------------------------------------------------------
 
 PLAN_CHECK = f"CHECK (plan IN ({', '.join(repr(p) for p in PLANS)}))"
-EXPAND_SQL = f"ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free' CONSTRAINT users_plan_check {PLAN_CHECK}"
+# Instant: a constant default (no rewrite) and the CHECK NOT VALID (a CHECK added with the column would
+# read every row under AccessExclusiveLock; the constant default satisfies it anyway).
+EXPAND_SQL = ("ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free', "
+              f"ADD CONSTRAINT users_plan_check {PLAN_CHECK} NOT VALID")
 CONTRACT_SQL = "ALTER TABLE users DROP COLUMN referrer"
 RELEASE_1 = [Migration(1, "referrer", "ALTER TABLE users ADD COLUMN referrer text",
                        "ALTER TABLE users DROP COLUMN referrer")]
@@ -83,11 +86,11 @@ def prepare_release_1(sb: Sandbox) -> None:
 
 # -- the race: every new pod runs pending migrations at start ---------------------------------
 
-def race_migrations(rows: int, batch: int = 25_000) -> list[Migration]:
-    """Release 1 added ``users.credits``; release 2 grants every user 100 welcome credits, in
-    batches outside a transaction (the backfill recipe: ``transactional=False``)."""
-    batches = ";\n".join(f"UPDATE users SET credits = credits + 100 WHERE id BETWEEN {lo} AND {lo + batch - 1}"
-                         for lo in range(1, rows + 1, batch))
+def race_migrations(rows: int, batch: int = 5_000) -> list[Migration]:
+    """Release 1 added ``users.credits``; release 2 grants users 1..``rows`` 100 welcome credits,
+    in batches outside a transaction (the backfill recipe: ``transactional=False``)."""
+    batches = ";\n".join(f"UPDATE users SET credits = credits + 100 WHERE id BETWEEN {lo} AND "
+                         f"{min(lo + batch - 1, rows)}" for lo in range(1, rows + 1, batch))
     return [Migration(1, "credits column", "ALTER TABLE users ADD COLUMN credits int NOT NULL DEFAULT 0",
                       "ALTER TABLE users DROP COLUMN credits"),
             Migration(2, "welcome credits", batches, "UPDATE users SET credits = credits - 100",
@@ -125,6 +128,7 @@ class PodRun:
     error: str | None = None
     started: float = 0.0
     locked: float | None = None  # when it got the advisory lock (lock=True)
+    done: float = 0.0  # when its Migrator.up() returned (before it let the lock go)
     finished: float = 0.0
 
     @property
@@ -153,11 +157,13 @@ def race(sb: Sandbox, migrations: Sequence[Migration], pods: int = 3, *, lock: b
                     with migration_lock(conn, table):
                         run.locked = time.monotonic()
                         run.applied = migrator.up()
+                        run.done = time.monotonic()
                 else:
                     run.applied = migrator.up()
             except MigrationError as exc:
                 run.error = first_line(exc.__cause__) if exc.__cause__ else str(exc)
             run.finished = time.monotonic()
+            run.done = run.done or run.finished
 
     threads = [threading.Thread(target=start, args=(r,), name=f"zdlab-{r.pod}") for r in runs]
     for th in threads:
@@ -172,6 +178,13 @@ def applied_rows(sb: Sandbox, table: str = RACE_TABLE) -> list[tuple[int, str]]:
     with sb.connect("check") as conn:
         return conn.execute(pgsql.SQL("SELECT version, name FROM {} ORDER BY version").format(
             pgsql.Identifier(table))).fetchall()
+
+
+def serialised(runs: Sequence[PodRun]) -> bool:
+    """Each pod got the lock only once the pod before it had finished its run (``lock=True``)."""
+    ordered = sorted(runs, key=lambda r: r.locked or 0.0)
+    return all(b.locked is not None and a.locked is not None and b.locked >= a.done
+               for a, b in zip(ordered, ordered[1:], strict=False))
 
 
 def credits_histogram(sb: Sandbox) -> dict[int, int]:

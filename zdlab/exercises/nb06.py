@@ -13,6 +13,7 @@ a check of the constraint, then the revert (the expand's down) to show what it w
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..checks import CouldNotCheck, Exercise, Incorrect, Notebook, need_sql
 from ..measure import measure_in
 from ..migrate import Migration, Migrator
 from ..report import Report
-from ..rollout import EXPAND, RELEASE_2, V1, V2, prepare_release_1
+from ..rollout import EXPAND, PLAN_CHECK, RELEASE_2, V1, V2, prepare_release_1
 from ..sandbox import Sandbox
 from ..seed import seed
 
@@ -32,12 +33,12 @@ SETTLE_S = 0.4
 WINDOW_S = 0.6  # traffic after the fix and after the revert: each version serves a few hundred requests
 STEP_TIMEOUT = "30s"
 WRONG_CHECK = "CHECK (plan IN ('free', 'pro'))"
-WRONG_EXPAND = Migration(2, "plans", f"ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free' "
-                                     f"CONSTRAINT users_plan_check {WRONG_CHECK}", EXPAND.down)
+WRONG_EXPAND = Migration(2, "plans", EXPAND.up.replace(PLAN_CHECK, WRONG_CHECK), EXPAND.down)
 # The expand's down, shown after the fix; IF EXISTS: a wrong answer may have dropped the column already.
 REVERT_SQL = "ALTER TABLE users DROP COLUMN IF EXISTS plan"
 SCANS = ("rewriting table", "verifying table")  # the server's DEBUG1 words for a scan under ALTER TABLE's lock
 
+_VALIDATE = re.compile(r"^ALTER\s+TABLE\s+(ONLY\s+)?\S+\s+VALIDATE\s+CONSTRAINT\s+\S+$", re.I | re.S)
 _CHECK_SQL = """
 SELECT c.conname, pg_get_constraintdef(c.oid), c.convalidated
 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
@@ -60,7 +61,9 @@ class Statement:
 
     def __init__(self, sql: str) -> None:
         self.sql = sql
-        self.__name__ = statements.short_sql(sql)
+        self.__name__ = statements.short_sql(statements._bare(sql))
+        # VALIDATE CONSTRAINT scans too, under ShareUpdateExclusiveLock: the app reads and writes on
+        self.validates = bool(_VALIDATE.match(statements._bare(sql)))
         self.said: list[str] = []
 
     def __call__(self, conn: psycopg.Connection) -> None:
@@ -190,7 +193,7 @@ def judge_fix(report: Report, fix: list[Statement], probe: Probe) -> str:
     reverted = window(report, revert.end or 0.0)
     for step in fix:
         scanned = [m for m in step.said if m.startswith(SCANS)]
-        if scanned and not step.sql.lstrip().upper().startswith("ALTER TABLE USERS VALIDATE"):
+        if scanned and not step.validates:
             raise Incorrect(f"`{step.__name__}` made the server say \"{scanned[0]}\": it read every row of users "
                             f"while holding ALTER TABLE's lock, which blocks every read and write of the table for "
                             f"as long as the scan runs, longer on a bigger table. Add the constraint NOT VALID, "
