@@ -65,8 +65,8 @@ def test_bad_input_is_refused(kw):
 
 def test_time_rewrite_measures_growth(make_sandbox):
     box = make_sandbox("cost")
-    g = cost.time_rewrite(box, [2_000, 20_000])
-    assert g.rows == (2_000, 20_000) and g.slope_s_per_row > 0
+    g = cost.time_rewrite(box, [5_000, 100_000])
+    assert g.rows == (5_000, 100_000) and g.slope_s_per_row > 0
     with box.connect("test") as conn:  # the copies are gone
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'growth_%%' "
                             "AND relnamespace = %s::regnamespace", [box.schema]).fetchone() == (0,)
