@@ -28,7 +28,7 @@ from .records import Span
 from .report import Report
 from .sandbox import Sandbox
 from .seed import seed
-from .traffic import KINDS, Traffic, describe_error, traffic
+from .traffic import KINDS, AppVersion, Traffic, describe_error, traffic
 
 SETTLE_S = 1.0  # baseline traffic before, and tail after, the migration: shows the contrast
 WARMUP_PER_KIND = 6  # psycopg prepares after 5 runs; the prepared-statement trap needs them warm
@@ -111,7 +111,8 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
                workers: int = 4, select_star: bool = False, rows: int | None = None,
                settle_s: float = SETTLE_S, allowed_ms: float = 0.0,
                statement_timeout: str | None = None,
-               connect: Callable[[Sandbox, str], psycopg.Connection] | None = None) -> Report:
+               connect: Callable[[Sandbox, str], psycopg.Connection] | None = None,
+               apps: list[AppVersion] | None = None) -> Report:
     """The kit's one runner: run ``steps`` on an already seeded sandbox under traffic, and judge.
 
     ``steps``: SQL text (one or more statements), or a list of SQL strings and functions taking
@@ -120,13 +121,14 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
     report carries the verdict of ``zdlab.judge`` (``allowed_ms``: a bound the migration chose,
     such as its lock_timeout). The tables the steps change stay changed. ``connect(sb, role)``
     opens the migration's connection (a checker passes ``zdlab.grader.connect``: a learner's
-    steps run as a role that owns only the sandbox).
+    steps run as a role that owns only the sandbox). ``apps``: application versions to run
+    instead of the built-in workload (``zdlab.traffic``'s, worker i on ``apps[i % len(apps)]``).
     """
     plan = plan_steps(steps)
     failed = False
     not_run = 0
     opened = (connect or Sandbox.connect)(sb, "migration")
-    with opened as mig, traffic(sb, workers, select_star=select_star) as t:
+    with opened as mig, traffic(sb, workers, select_star=select_star, apps=apps) as t:
         if statement_timeout:  # a runaway step (a learner's) must not hang the run
             mig.execute("SELECT set_config('statement_timeout', %s, false)", [statement_timeout])
         time.sleep(settle_s)  # baseline traffic, so the plot shows normal latency first
