@@ -13,6 +13,7 @@ its run, ``not measured`` when it touched a table the workload does not, otherwi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 import sys
 import time
@@ -27,7 +28,7 @@ from .errors import BadInput, ZdlabError
 from .report import Report
 from .sandbox import Sandbox
 from .seed import seed
-from .traffic import KINDS, describe_error, traffic
+from .traffic import KINDS, AppVersion, describe_error, traffic
 
 SETTLE_S = 1.0  # baseline traffic before, and tail after, the migration: shows the contrast
 WARMUP_PER_KIND = 6  # psycopg prepares after 5 runs; the prepared-statement trap needs them warm
@@ -109,8 +110,9 @@ def plan_steps(steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection
 def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection], object], *,
                workers: int = 4, select_star: bool = False, rows: int | None = None,
                settle_s: float = SETTLE_S, allowed_ms: float = 0.0,
-               statement_timeout: str | None = None,
-               connect: Callable[[Sandbox, str], psycopg.Connection] | None = None) -> Report:
+               statement_timeout: str | None = None, lock_timeout: str | None = None,
+               connect: Callable[[Sandbox, str], psycopg.Connection] | None = None,
+               apps: list[AppVersion] | None = None) -> Report:
     """The kit's one runner: run ``steps`` on an already seeded sandbox under traffic, and judge.
 
     ``steps``: SQL text (one or more statements), or a list of SQL strings and functions taking
@@ -119,17 +121,23 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
     report carries the verdict of ``zdlab.judge`` (``allowed_ms``: a bound the migration chose,
     such as its lock_timeout). The tables the steps change stay changed. ``connect(sb, role)``
     opens the migration's connection (a checker passes ``zdlab.grader.connect``: a learner's
-    steps run as a role that owns only the sandbox).
+    steps run as a role that owns only the sandbox). ``apps``: application versions instead of the
+    built-in workload (``zdlab.traffic``); a function with a ``traffic`` keyword parameter also
+    receives the running ``Traffic``, so a step can roll out a version mid-run (``traffic.deploy``).
+    ``lock_timeout``: set on the migration's connection before the first step.
     """
     plan = plan_steps(steps)
     failed = False
     not_run = 0
     opened = (connect or Sandbox.connect)(sb, "migration")
-    with opened as mig, traffic(sb, workers, select_star=select_star) as t:
+    kinds = max(len(a.requests) for a in apps) if apps else len(KINDS)
+    with opened as mig, traffic(sb, workers, select_star=select_star, apps=apps) as t:
         if statement_timeout:  # a runaway step (a learner's) must not hang the run
             mig.execute("SELECT set_config('statement_timeout', %s, false)", [statement_timeout])
+        if lock_timeout:
+            mig.execute("SELECT set_config('lock_timeout', %s, false)", [lock_timeout])
         time.sleep(settle_s)  # baseline traffic, so the plot shows normal latency first
-        t.wait_for_requests(workers * len(KINDS) * WARMUP_PER_KIND, timeout=WARMUP_TIMEOUT_S)
+        t.wait_for_requests(workers * kinds * WARMUP_PER_KIND, timeout=WARMUP_TIMEOUT_S)
         for i, (label, step) in enumerate(plan):
             # Autocommit sends BEGIN/COMMIT verbatim: Postgres itself opens and closes the block.
             if isinstance(step, str):
@@ -137,7 +145,10 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
             else:
                 try:
                     with t.statement(label, conn=mig):
-                        step(mig)
+                        if _takes_traffic(step):
+                            step(mig, traffic=t)
+                        else:
+                            step(mig)
                 except Exception:  # recorded on the span by statement(); a verdict, never a traceback
                     failed = True
             if failed:
@@ -151,6 +162,14 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
     report = t.report(rows=rows, allowed_ms=allowed_ms)
     report.statements_not_run = not_run
     return report
+
+
+def _takes_traffic(step: Callable[..., object]) -> bool:
+    """Whether a step function declares a ``traffic`` parameter (it then receives the running traffic)."""
+    try:
+        return "traffic" in inspect.signature(step).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: the connection only
+        return False
 
 
 def run_setup(sb: Sandbox, setup_sql: str) -> None:
