@@ -41,9 +41,9 @@ from psycopg import sql
 from test_foundation import assert_clear, free_port, run_zdlab
 
 from zdlab import config, connection, db, doctor, server
-from zdlab.exercises.nb02 import wait_until
 from zdlab.sandbox import Sandbox
 from zdlab.seed import seed, seeding_schema
+from zdlab.traffic import wait_until
 
 # tools/time_notebooks.py runs a notebook with nbclient as the suite does; reused, not copied.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))

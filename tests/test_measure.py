@@ -161,3 +161,27 @@ def test_prepared_select_star_breaks_after_an_instant_add_column(box_name):
     assert star.verdict == "breaking", star.judgement
     columns = measure(sql, rows=ROWS, sandbox_name=box_name, select_star=False)
     assert columns.failed_requests == 0, columns.failures_by_error
+
+
+def test_a_step_with_a_traffic_parameter_can_roll_out_a_version_mid_run(box_name):
+    from zdlab.rename import CUSTOMERS_SQL, app_versions
+
+    sb = Sandbox(box_name).reset()
+    seed(sb, ROWS, progress=False)
+    with sb.connect("setup") as conn:
+        conn.execute(CUSTOMERS_SQL.format(rows=1000))
+        conn.execute("ALTER TABLE customers ADD COLUMN full_name text")
+    v1, v2 = app_versions(1000)
+    seen = {}
+
+    def roll_out_v2(conn, *, traffic):
+        seen["lock_timeout"] = conn.execute("SHOW lock_timeout").fetchone()[0]
+        seen["before"] = traffic.served("v2"), traffic.served()  # before the rollout: v1 only
+        traffic.deploy(v2)
+        traffic.wait_for_requests(traffic.served() + 40)
+
+    r = measure_in(sb, [roll_out_v2], apps=[v1], lock_timeout="2s", settle_s=0.3)
+    apps = {req.app for req in r.timeline.requests}
+    assert apps == {"v1", "v2"} and seen["lock_timeout"] == "2s", (apps, seen)
+    assert seen["before"][0] == 0 < seen["before"][1], seen
+    assert r.statements[0]["label"] == "roll_out_v2(conn)" and not r.statements[0]["error"]

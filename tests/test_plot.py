@@ -60,3 +60,17 @@ def test_statement_markers_close_together_do_not_overlap_and_the_legend_names_th
     for label in ("ADD COLUMN ... DEFAULT constant 'free'", "ADD COLUMN ... DEFAULT now()",
                   "ADD COLUMN ... DEFAULT clock_timestamp()"):
         assert label in labels
+
+
+def test_a_stepwise_rollout_is_drawn_with_a_marked_line_per_step_and_a_colour_per_version():
+    report = _report()
+    for i, r in enumerate(report.timeline.requests):
+        r.app = "v1" if i % 3 else "v2"
+    ax = report.plot(steps=[(0.5, "1 up"), (1.2, "2 up"), (2.0, "4 all")]).axes[0]
+    assert [t.get_text().strip() for t in ax.texts] == ["1 up", "2 up", "4 all"]
+    assert [line.get_xdata()[0] for line in ax.get_lines()] == [0.5, 1.2, 2.0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(label.startswith("v1 requests") for label in labels)
+    assert any(label.startswith("v2 requests") for label in labels)
+    assert "3 steps under traffic" in ax.get_title(loc="left")
+    assert plot(_report()).axes[0].get_title(loc="left") != ax.get_title(loc="left")  # the default plot unchanged

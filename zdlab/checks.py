@@ -151,6 +151,20 @@ def require_unnoticed(report: Report, what: str = "your steps") -> str:
             f"{j.limit_ms:,.0f} ms, and no statement blocked for its whole run")
 
 
+def require_ran(report: Report, what: str = "your SQL failed") -> None:
+    """Raise ``Incorrect`` with what the run's first failed statement said, if one failed."""
+    failed = next((s["error"] for s in report.statements if s["error"]), None)
+    if failed:
+        raise Incorrect(f"{what}: {failed}")
+
+
+def require_no_failed_requests(report: Report, when: str = "") -> None:
+    """Raise ``Incorrect`` if application requests failed during the run (``when``: " while ...")."""
+    if report.failed_requests:
+        worst = max(report.failures_by_error.items(), key=lambda kv: kv[1])[0]
+        raise Incorrect(f"{report.failed_requests} application requests failed{when}, for example: {worst}.")
+
+
 def strict() -> bool:
     """True when incorrect answers must raise (the test suite's notebook kernels)."""
     return config.strict_checks()

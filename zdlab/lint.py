@@ -19,6 +19,8 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -256,3 +258,13 @@ def to_json(findings: list[Finding], path: str) -> str:
     return json.dumps({"path": path, "findings": len(counted(findings)), "pg_version": PG_VERSION,
                        "violations": [asdict(f) for f in findings],
                        "not_seen_by_a_linter": MEASURE_HINT}, indent=2)
+
+
+def squawk_rules(sql: str, name: str = "migration.sql", exclude: Sequence[str] = ("prefer-robust-stmts",),
+                 pg_version: str = PG_VERSION) -> list[str]:
+    """The squawk rules one migration's SQL text trips, sorted (squawk reads files: it is written
+    to a temporary ``name``). ``prefer-robust-stmts`` is left out by default (OVERRULED above)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, name)
+        path.write_text(sql.strip() + ";\n", encoding="utf-8")
+        return sorted({v["rule_name"] for v in run_squawk([path], pg_version, list(exclude))})

@@ -13,6 +13,7 @@ its run, ``not measured`` when it touched a table the workload does not, otherwi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 import sys
 import time
@@ -110,7 +111,7 @@ def plan_steps(steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection
 def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psycopg.Connection], object], *,
                workers: int = 4, select_star: bool = False, rows: int | None = None,
                settle_s: float = SETTLE_S, allowed_ms: float = 0.0,
-               statement_timeout: str | None = None,
+               statement_timeout: str | None = None, lock_timeout: str | None = None,
                connect: Callable[[Sandbox, str], psycopg.Connection] | None = None,
                apps: list[AppVersion] | None = None) -> Report:
     """The kit's one runner: run ``steps`` on an already seeded sandbox under traffic, and judge.
@@ -121,18 +122,23 @@ def measure_in(sb: Sandbox, steps: str | Path | Sequence[Step] | Callable[[psyco
     report carries the verdict of ``zdlab.judge`` (``allowed_ms``: a bound the migration chose,
     such as its lock_timeout). The tables the steps change stay changed. ``connect(sb, role)``
     opens the migration's connection (a checker passes ``zdlab.grader.connect``: a learner's
-    steps run as a role that owns only the sandbox). ``apps``: application versions to run
-    instead of the built-in workload (``zdlab.traffic``'s, worker i on ``apps[i % len(apps)]``).
+    steps run as a role that owns only the sandbox). ``apps``: application versions instead of the
+    built-in workload (``zdlab.traffic``); a function with a ``traffic`` keyword parameter also
+    receives the running ``Traffic``, so a step can roll out a version mid-run (``traffic.deploy``).
+    ``lock_timeout``: set on the migration's connection before the first step.
     """
     plan = plan_steps(steps)
     failed = False
     not_run = 0
     opened = (connect or Sandbox.connect)(sb, "migration")
+    kinds = max(len(a.requests) for a in apps) if apps else len(KINDS)
     with opened as mig, traffic(sb, workers, select_star=select_star, apps=apps) as t:
         if statement_timeout:  # a runaway step (a learner's) must not hang the run
             mig.execute("SELECT set_config('statement_timeout', %s, false)", [statement_timeout])
+        if lock_timeout:
+            mig.execute("SELECT set_config('lock_timeout', %s, false)", [lock_timeout])
         time.sleep(settle_s)  # baseline traffic, so the plot shows normal latency first
-        t.wait_for_requests(workers * len(KINDS) * WARMUP_PER_KIND, timeout=WARMUP_TIMEOUT_S)
+        t.wait_for_requests(workers * kinds * WARMUP_PER_KIND, timeout=WARMUP_TIMEOUT_S)
         for i, (label, step) in enumerate(plan):
             if run_step(t, mig, label, step).error is not None:
                 failed = True
@@ -152,7 +158,8 @@ def run_step(t: Traffic, conn: psycopg.Connection, label: str, step: Step, shown
     """Run one step under ``t``'s traffic on the migration connection, recorded as a span of its timeline.
 
     ``step``: one SQL statement, or a function of the connection (what it returns, as text, is
-    the span's ``note``; ``shown``: what the span shows as its SQL). An error is recorded on the
+    the span's ``note``; ``shown``: what the span shows as its SQL); a function with a ``traffic``
+    parameter also receives ``t``. An error is recorded on the
     span, never raised: the verdict reads it. The one way a step runs, for ``measure_in`` and for
     ``zdlab.scoreboard``.
     """
@@ -161,12 +168,20 @@ def run_step(t: Traffic, conn: psycopg.Connection, label: str, step: Step, shown
         return t.run(conn, step, label=label)
     with t.statement(label, shown, conn=conn) as span:
         try:
-            out = step(conn)
+            out = step(conn, traffic=t) if _takes_traffic(step) else step(conn)
             span.note = None if out is None else str(out)
         except Exception as exc:  # a verdict, never a traceback
             # The kit's own errors are a paragraph for a person; others: class and first line.
             span.error = str(exc) if isinstance(exc, ZdlabError) else describe_error(exc)
     return span
+
+
+def _takes_traffic(step: Callable[..., object]) -> bool:
+    """Whether a step function declares a ``traffic`` parameter (it then receives the running traffic)."""
+    try:
+        return "traffic" in inspect.signature(step).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: the connection only
+        return False
 
 
 def run_setup(sb: Sandbox, setup_sql: str) -> None:

@@ -8,10 +8,11 @@ a checkpoint or autovacuum. Latency is shown as context.
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -165,8 +166,10 @@ class Report:
                          f'<td style="{style}">{html.escape(value.strip())}</td></tr>')
         return '<table class="zdlab-report">' + "".join(cells) + "</table>"
 
-    def plot(self) -> Figure:
-        return plot(self)
+    def plot(self, steps: Sequence[tuple[float, str]] | None = None) -> Figure:
+        """The timeline (see ``plot``). ``steps``: ``(start second, short code)`` of each step of a
+        stepwise rollout: drawn as marked lines, requests coloured by application version."""
+        return plot(self) if steps is None else plot_steps(self, steps)
 
     def blocked_modes(self) -> set[str]:
         """The lock modes app requests waited for, and the modes their blocker held, on any table."""
@@ -447,6 +450,47 @@ def plot(report: Report) -> Figure:
     ax.grid(True, which="major", axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=1.5, frameon=False)
+    return fig
+
+
+def plot_steps(report: Report, steps: Sequence[tuple[float, str]]) -> Figure:
+    """Request latency by application version, an orange line and a short code where each step
+    starts (a rolling rename: up, down, up again), lock waits as a red band, failures as crosses."""
+    _inline_in_notebook()
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    tl = report.timeline
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]  # none orange/red: those mean trouble
+    for app, color in zip(sorted({r.app for r in tl.requests}), itertools.cycle(palette)):
+        ok = [r for r in tl.requests if r.app == app and not r.error]
+        ax.scatter([r.start for r in ok], [r.latency_ms for r in ok], s=6, alpha=0.5, color=color,
+                   linewidths=0, label=f"{app} requests ({len(ok):,})")
+    failed = [r for r in tl.requests if r.error]
+    if failed:
+        ax.scatter([r.start for r in failed], [r.latency_ms for r in failed], marker="x", s=18, color="#cf222e",
+                   label=f"failed ({len(failed)})")
+    ax.set_yscale("log")
+    top = max((r.latency_ms for r in tl.requests), default=10)
+    ax.set_ylim(0.05, top * 30)  # room above the points for the step codes
+    both = blended_transform_factory(ax.transData, ax.transAxes)  # x in seconds, y in axes fraction
+    for i, (start, code) in enumerate(steps):
+        ax.axvline(start, color="#f0a030", linewidth=0.9)
+        # Two text rows, alternating: codes of steps close together do not overlap.
+        ax.text(start, 0.97 - 0.07 * (i % 2), f" {code}", transform=both, fontsize=9, va="top", color="#5a3a00")
+    for i, (a, b) in enumerate(tl.stalls):
+        ax.axvspan(a, b, ymin=0, ymax=0.04, color="#cf222e", alpha=0.9, linewidth=0,
+                   label="app waiting on a lock" if i == 0 else None)
+    ax.set_xlim(0, tl.duration_s)
+    ax.set_xlabel("seconds since traffic started  (orange lines: each step starts)")
+    ax.set_ylabel("request latency (ms, log scale)")
+    ax.set_title(f"{len(steps)} steps under traffic: {report.failed_requests} of {report.requests:,} requests "
+                 f"failed, longest lock stall {report.longest_stall_ms or 0:,.0f} ms", loc="left", fontsize=11,
+                 color="#1a7f37" if not report.failed_requests else "#cf222e")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=2, frameon=False)
     return fig
 
 

@@ -266,6 +266,10 @@ class Traffic:
             time.sleep(0.01)
         return True
 
+    def served(self, app: str | None = None) -> int:
+        """Requests completed so far, all of them or those of application version ``app``."""
+        return sum(1 for r in list(self.requests) if app in (None, r.app))
+
     def wait_for_each_worker(self, n: int, timeout: float = 10.0) -> bool:
         """Wait (bounded) until every worker has served ``n`` requests (each has prepared its
         statements, after psycopg's 5 runs); False on timeout."""
@@ -500,3 +504,31 @@ def traffic(sb: Sandbox, workers: int = 4, *, select_star: bool = False, sample:
     """
     return Traffic(sb, workers, select_star=select_star, sample=sample, sample_interval=sample_interval,
                    apps=apps)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, poll_s: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+@contextlib.contextmanager
+def request_in_flight(sb: Sandbox, sql: str, seconds: float) -> Iterator[Callable[[psycopg.Connection], None]]:
+    """A step for ``measure_in``: an application transaction (role ``slow-request``) that has just run
+    ``sql`` and ends ``seconds`` later, a slow request in flight when the migration starts."""
+    with sb.connect("slow-request", autocommit=False) as slow:
+        timer = threading.Timer(seconds, slow.rollback)
+
+        def slow_request_in_flight(conn: psycopg.Connection) -> None:
+            slow.execute(sql)
+            timer.start()
+
+        try:
+            yield slow_request_in_flight
+        finally:
+            if timer.ident is not None:  # started: let it end the transaction before the connection closes
+                timer.join()
