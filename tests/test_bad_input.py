@@ -711,7 +711,7 @@ def test_documented_answer_cases_exist():
 
 
 def test_a_check_when_the_database_is_down(learner_boxes):
-    from zdlab.checks import setup as ex
+    from zdlab.exercises.nb00 import ex
 
     down = Sandbox("00_setup", url=f"postgresql://postgres:x@127.0.0.1:{free_port()}/workshop")
     result = ex.q1.evaluate(answer_sql="SELECT pid, application_name FROM pg_stat_activity", sandbox=down)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zdlab import checks
-from zdlab.checks import setup as ex
+from zdlab.exercises.nb00 import ex
 from zdlab.sandbox import Sandbox
 
 

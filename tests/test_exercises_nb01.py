@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from zdlab import checks
-from zdlab.exercises.nb01 import BACKFILL_EXPR, ex
+from zdlab.backfill import EXPR as BACKFILL_EXPR
+from zdlab.exercises.nb01 import ex
 
 
 @pytest.fixture(autouse=True)

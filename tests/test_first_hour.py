@@ -25,7 +25,7 @@ def _texts(outputs: list[dict]) -> str:
 
 def test_sql_magic_loads_without_a_tip_and_hints_render_as_formatted_text():
     load, hint, solution = _run("%load_ext sql",
-                                "from zdlab.checks import setup as ex\nex.q1.hint()",
+                                "from zdlab.exercises.nb00 import ex\nex.q1.hint()",
                                 "ex.q1.solution()")
     assert "Tip" not in _texts(load), _texts(load)
     assert "configuration guideline" not in _texts(load)

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from zdlab import checks, grader
-from zdlab.checks import setup as ex00
+from zdlab.exercises.nb00 import ex as ex00
 from zdlab.exercises.nb01 import ex as ex01
 
 

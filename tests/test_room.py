@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from zdlab import checks, config, db, grader
-from zdlab.checks import setup as ex00
+from zdlab.exercises.nb00 import ex as ex00
 from zdlab.sandbox import Sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))

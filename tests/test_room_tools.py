@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from zdlab import config, db, lint, progress
-from zdlab.checks import setup as nb00
+from zdlab.exercises.nb00 import ex as nb00
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 In a notebook (learntools style)::
 
-    from zdlab.checks import setup as ex     # this notebook's exercises
+    from zdlab.exercises.nb00 import ex      # this notebook's exercises
     answer_sql = "SELECT ..."                # the learner's answer, in a named variable
     ex.q1.check()                            # correct / incorrect (with why) / not attempted yet
     ex.q1.hint()                             # ex.q1.hint(2), ex.q1.hint(3): more and more help
@@ -22,10 +22,9 @@ How it fits together:
 - ``Notebook("00_setup", q1=..., q2=...)`` groups one notebook's exercises, binds them to
   that notebook's sandbox (``zdlab.sandbox("00_setup")``) and to ``solutions/00_setup.ipynb``,
   and registers itself in ``NOTEBOOKS``.
-- One place per notebook: notebook 00's exercises are below (``setup``). A later notebook
-  ``NN_name`` gets ``zdlab/exercises/nbNN.py`` defining ``ex = Notebook("NN_name", ...)`` with
-  subclasses of ``Exercise`` from here, and its notebook does
-  ``from zdlab.exercises.nbNN import ex``.
+- One place per notebook: notebook ``NN_name`` has ``zdlab/exercises/nbNN.py`` defining
+  ``ex = Notebook("NN_name", ...)`` with subclasses of ``Exercise`` from here, and its notebook
+  does ``from zdlab.exercises.nbNN import ex``.
 - ``ZDLAB_STRICT_CHECKS=1`` (the test suite sets it for notebook kernels): an incorrect result
   raises ``AssertionError``, so a solution notebook with a wrong answer fails the suite
   (tests/test_notebook_order.py). A
@@ -229,6 +228,31 @@ def call_learner(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -
                         f"to see the traceback, fix it, then check again.") from None
 
 
+def learner_step(name: str, call: Callable[[psycopg.Connection], Any],
+                 seen: dict) -> Callable[[psycopg.Connection], None]:
+    """``call`` (which calls the learner's function) as a ``zdlab.measure.measure_in`` step labelled
+    ``name(conn)``. ``seen`` keeps what the runner does not: the exception it raised
+    (``seen["error"]``; the span records only its text) and whether it left a transaction open
+    (``seen["left_open"]``; the runner then rolls it back)."""
+    def step(conn: psycopg.Connection) -> None:
+        try:
+            call(conn)
+        except Exception as exc:
+            seen["error"] = exc
+            raise
+        seen["left_open"] = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    step.__name__ = name
+    return step
+
+
+def learner_failure(exc: BaseException, message: str) -> Incorrect:
+    """What a learner step's exception (``learner_step``'s ``seen["error"]``) means for the check: an
+    ``Incorrect`` already worded (``call_learner``'s) as it is, otherwise ``message`` with PostgreSQL's
+    first line in place of ``{}``."""
+    return exc if isinstance(exc, Incorrect) else Incorrect(message.format(first_line(exc)))
+
+
 def limit_learner_time(conn: psycopg.Connection) -> None:
     """SET LOCAL statement_timeout = LEARNER_TIMEOUT (set_config: SET takes no query parameter)."""
     conn.execute("SELECT set_config('statement_timeout', %s, true)", [LEARNER_TIMEOUT])
@@ -390,60 +414,3 @@ def _relative(path: Path) -> str:
         return str(path.relative_to(config.home()))
     except ValueError:
         return str(path)
-
-
-# ---------------------------------------------------------------------------------------
-# Notebook 00_setup
-# ---------------------------------------------------------------------------------------
-
-
-class SandboxSessions(Exercise):
-    """From pg_stat_activity: pid and application_name of every session of this sandbox."""
-
-    answers = ("answer_sql",)
-    hints = (
-        "pg_stat_activity has one row per server process, for every database of the server. Keep the "
-        "rows of this database (datname = current_database()) whose application_name starts with "
-        "'zdlab/zd_00_setup/', and return only the columns pid and application_name.",
-        "PostgreSQL has starts_with(text, prefix); LIKE 'prefix%' works too (mind that _ is a "
-        "wildcard in LIKE).",
-        "SELECT pid, application_name FROM pg_stat_activity "
-        "WHERE datname = current_database() AND starts_with(application_name, '...');",
-    )
-
-    def grade(self, box: Sandbox, answer_sql: str) -> str:
-        need_sql("answer_sql", answer_sql, "SQL (one SELECT query)")
-        prefix = f"{config.APP_PREFIX}/{box.schema}/"
-        with grader.connect(box, "check", autocommit=False) as conn:
-            # One transaction: pg_stat_activity is snapshotted at its first read in a transaction,
-            # so the learner's query and ours see the same sessions. Rolled back: nothing persists.
-            limit_learner_time(conn)
-            columns, rows = run_learner_sql(conn, answer_sql)
-            truth = conn.execute("SELECT pid, application_name FROM pg_stat_activity "
-                                 "WHERE datname = current_database() AND starts_with(application_name, %s)",
-                                 [prefix]).fetchall()
-            conn.rollback()
-        wanted = ["pid", "application_name"]
-        if sorted(columns) != sorted(wanted):
-            raise Incorrect(f"return exactly the columns pid and application_name; your query returns "
-                            f"{', '.join(columns) or 'no column'}.")
-        got = [tuple(row[columns.index(c)] for c in wanted) for row in rows]
-        extra = sorted(set(got) - set(truth), key=str)
-        missed = sorted(set(truth) - set(got), key=str)
-        if extra:
-            pid, app = extra[0]
-            raise Incorrect(f"your query returns {len(extra)} session(s) that are not this sandbox's, for "
-                            f"example pid {pid} with application_name {app!r}. Keep only the rows of this "
-                            f"database whose application_name starts with {prefix!r}.")
-        if missed:
-            raise Incorrect(f"your query misses {len(missed)} of this sandbox's {len(truth)} session(s), for "
-                            f"example application_name {missed[0][1]!r}. Match every application_name that "
-                            f"starts with {prefix!r}.")
-        if len(got) != len(truth):
-            raise Incorrect("your query returns some sessions more than once; return one row per session.")
-        roles = ", ".join(sorted(app.removeprefix(prefix) for _, app in truth))
-        return (f"your query finds this sandbox's {len(truth)} session(s) ({roles}), including the one "
-                f"this checker opened to run it.")
-
-
-setup = Notebook("00_setup", q1=SandboxSessions())

@@ -1,7 +1,7 @@
 """`zdlab doctor`: a checklist of what the lab needs, with the fix for each failed line.
 
 Two parts. ``checklist()`` is the environment (Python, packages, the server, the database, the
-``%sql`` magic, disk); notebook 00 runs it in its first cell. ``leftovers()`` is what a crash
+``%sql`` magic, disk); notebook 00 runs it in its first cell (``ready()``). ``leftovers()`` is what a crash
 leaves in the learner's database: sessions of a killed kernel still holding a transaction, indexes
 left INVALID by a cancelled ``CREATE INDEX CONCURRENTLY``, and seeds that stopped halfway. The
 notebooks clean up their own sandbox when they start, so leftovers never stop notebook 00; the
@@ -170,6 +170,18 @@ def checklist() -> list[Line]:
     lines += _database() + [_sql_magic(), _disk()]
     return lines
 
+
+
+def ready() -> None:
+    """The checklist as notebook 00's first cell shows it: one line per check, then a ``ZdlabError``
+    naming the fix of each failed line, so "Run all" stops there."""
+    failed = []
+    for line in checklist():
+        print(f"[{'ok' if line.ok else 'FAIL'}] {line.what}")
+        if not line.ok:
+            failed.append(f"- {line.what}\n  fix: {line.fix}")
+    if failed:
+        raise ZdlabError("Some checks failed. Fix them, then run this cell again:\n" + "\n".join(failed))
 
 # -- what a crash leaves behind ----------------------------------------------------------------
 

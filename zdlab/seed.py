@@ -114,6 +114,16 @@ def seed(box: Sandbox, rows: int = 100_000, *, orders: int | None = None, progre
             f"run this cell again.") from None
 
 
+def ensure_seeded(box: Sandbox, rows: int = 100_000) -> None:
+    """Seed ``box`` with ``rows`` users unless it already has users and orders (a checker run in
+    a fresh sandbox, before the notebook's own seed cell)."""
+    with box.connect("check") as conn:
+        have = conn.execute("SELECT to_regclass('users') IS NOT NULL AND to_regclass('orders') IS NOT NULL"
+                            ).fetchone()[0]
+    if not have:
+        seed(box, rows, progress=False)
+
+
 def _seed(box: Sandbox, rows: int, n_orders: int, progress: bool) -> dict:
     staging = sql.Identifier(seeding_schema(box.schema))
     target = sql.Identifier(box.schema)

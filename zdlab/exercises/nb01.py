@@ -1,21 +1,20 @@
 """Notebook 01_risks: the exercises on the five risks of a data migration (learntools-style).
 
-The scenario helpers the notebook and these checks share live in the package: a long transaction
-(``zdlab.longtx``), candidate migrations tried on production-like data (``zdlab.attempts``), a
-table's checksum (``zdlab.fingerprint``).
+The scenario helpers the notebook and these checks share live in the package: the email_domain
+backfill (``zdlab.backfill``), a long transaction (``zdlab.longtx``), candidate migrations tried on
+production-like data (``zdlab.attempts``), a table's checksum (``zdlab.fingerprint``). Learner
+functions run under traffic through the kit's one runner, ``zdlab.measure.measure_in``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
-from .. import grader, statements
+from .. import backfill, grader, statements
 from ..attempts import PRODUCTION_ROWS, try_migrations
 from ..checks import (
     Exercise,
@@ -23,32 +22,29 @@ from ..checks import (
     Notebook,
     call_learner,
     describe,
+    learner_failure,
+    learner_step,
     limit_learner_time,
     need_function,
     need_sql,
     require_unnoticed,
 )
+from ..customers import CONTRACT_SQL, CUSTOMERS_SQL, SPLIT_NAME_STEPS
 from ..errors import first_line
 from ..fingerprint import checksum
 from ..longtx import LongTransaction
+from ..measure import measure_in
 from ..report import Report
 from ..sandbox import Sandbox
-from ..seed import seed
-from ..traffic import KINDS, traffic
+from ..seed import ensure_seeded
 
 USERS_ROWS = 200_000  # users rows the notebook seeds; checkers seed as many when the table is missing
 ESTIMATE_ROWS = 100_000_000
 ESTIMATE_TOLERANCE = 0.2  # the estimate may differ from the fit's prediction by 20%
 BASELINE_S = 0.3  # traffic before and after the graded step, so its plot shows the contrast
+BACKFILL_BATCH = 2_000  # risk 2: the batch size the check calls backfill_batched with
 
-# -- risk 2: the backfill ------------------------------------------------------------------------
-
-BACKFILL_COLUMN = "email_domain"
-BACKFILL_EXPR = "split_part(email, '@', 2)"
-BACKFILL_BATCH = 2_000
-
-# -- risk 4: production data is not what the seed script makes -------------------------------------
-
+# Risk 4: all four pass on an empty database; production data is not what the seed script makes.
 CANDIDATES = {
     "add_plan": "ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free'",
     "unique_email": "CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email))",
@@ -56,59 +52,6 @@ CANDIDATES = {
     "status_check": ("ALTER TABLE orders ADD CONSTRAINT orders_status_check "
                      "CHECK (status IN ('new', 'paid', 'shipped', 'delivered'))"),
 }
-
-# -- risk 5: a migration with a down -------------------------------------------------------------
-
-# sql.SQL, not str.format: {rows} becomes a literal (CUSTOMERS_SQL.format(rows=100_000)).
-CUSTOMERS_SQL = pgsql.SQL("""
-CREATE TABLE customers AS
-SELECT g AS id, 'customer' || g || '@example.com' AS email,
-       CASE WHEN mod(g, 1000) = 7 THEN 'Cher'              -- one-word names
-            WHEN mod(g, 1000) = 8 THEN NULL                -- never gave one
-            WHEN mod(g, 1000) = 9 THEN 'Mary Ann Smith'    -- more than two words
-            ELSE 'Customer ' || g END AS name
-FROM generate_series(1, {rows}) AS g;
-ALTER TABLE customers ADD PRIMARY KEY (id);
-""")
-
-# Expand/contract (notebook 02, section 3): each step is its own migration, shipped on its own.
-# The backfill is a separate step so that the ADD COLUMN's AccessExclusiveLock is released at once
-# (on a real table: in batches); the drop of `name` is the contract, a later release.
-SPLIT_NAME_STEPS = {
-    "1 expand": "ALTER TABLE customers ADD COLUMN first_name text, ADD COLUMN last_name text",
-    "2 backfill": """UPDATE customers SET
-    first_name = CASE WHEN position(' ' IN name) > 0 THEN left(name, position(' ' IN name) - 1) ELSE name END,
-    last_name  = CASE WHEN position(' ' IN name) > 0 THEN substr(name, position(' ' IN name) + 1) END""",
-    "3 contract": "ALTER TABLE customers DROP COLUMN name",
-}
-CONTRACT_SQL = SPLIT_NAME_STEPS["3 contract"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def ensure_seeded(box: Sandbox, rows: int = USERS_ROWS) -> None:
-    """Seed ``box`` unless it already has users and orders (a check in a fresh sandbox)."""
-    with box.connect("check") as conn:
-        have = conn.execute("SELECT to_regclass('users') IS NOT NULL AND to_regclass('orders') IS NOT NULL"
-                            ).fetchone()[0]
-    if not have:
-        seed(box, rows, progress=False)
-
-
-def unfilled_rows(conn: psycopg.Connection) -> int:
-    """Users whose backfilled column is missing or wrong."""
-    return conn.execute(pgsql.SQL("SELECT count(*) FROM users WHERE {} IS DISTINCT FROM {}").format(
-        pgsql.Identifier(BACKFILL_COLUMN), pgsql.SQL(BACKFILL_EXPR))).fetchone()[0]
-
-
-def reset_backfill_column(conn: psycopg.Connection) -> None:
-    """An empty ``email_domain`` column again (instant: no traffic runs meanwhile)."""
-    column = pgsql.Identifier(BACKFILL_COLUMN)
-    conn.execute(pgsql.SQL("ALTER TABLE users DROP COLUMN IF EXISTS {}").format(column))
-    conn.execute(pgsql.SQL("ALTER TABLE users ADD COLUMN {} text").format(column))
 
 
 def _run_script(conn: psycopg.Connection, sql: str, what: str) -> None:
@@ -120,17 +63,11 @@ def _run_script(conn: psycopg.Connection, sql: str, what: str) -> None:
         try:
             conn.execute(stmt)
         except psycopg.Error as exc:
-            first = grader.explain(exc) or f"{what} failed: {first_line(exc)}"
-            raise Incorrect(first) from None
+            raise Incorrect(grader.explain(exc) or f"{what} failed: {first_line(exc)}") from None
 
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.0f} ms"
-
-
-# ---------------------------------------------------------------------------------------------
-# Exercises
-# ---------------------------------------------------------------------------------------------
 
 
 class EstimateAt100M(Exercise):
@@ -197,28 +134,20 @@ class BatchedBackfill(Exercise):
 
     def grade(self, box: Sandbox, backfill_batched: Any) -> str:
         need_function("backfill_batched", backfill_batched, "conn, batch_size")
-        ensure_seeded(box)
+        ensure_seeded(box, USERS_ROWS)
         with box.connect("check") as conn:
-            reset_backfill_column(conn)
+            backfill.reset_column(conn)
             total = conn.execute("SELECT count(*) FROM users").fetchone()[0]
-        with box.connect("migration") as mig, traffic(box) as t:
-            t.wait_for_requests(len(KINDS) * 25, timeout=10)
-            time.sleep(BASELINE_S)
-            with t.statement(f"backfill_batched(conn, {BACKFILL_BATCH})", conn=mig):
-                try:
-                    call_learner("your backfill_batched", backfill_batched, mig, BACKFILL_BATCH)
-                except psycopg.Error as exc:
-                    first = first_line(exc)
-                    raise Incorrect(f"your backfill failed: {first}") from None
-            open_tx = mig.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-            if open_tx:
-                mig.rollback()
-            time.sleep(BASELINE_S)  # the tail of the plot: traffic after the backfill
-        report = self.last_report = t.report()
-        if open_tx:
+        seen: dict[str, Any] = {}
+        step = learner_step("backfill_batched", lambda mig: call_learner(
+            "your backfill_batched", backfill_batched, mig, BACKFILL_BATCH), seen)
+        report = self.last_report = measure_in(box, [step], settle_s=BASELINE_S)
+        if "error" in seen:
+            raise learner_failure(seen["error"], "your backfill failed: {}")
+        if seen["left_open"]:
             raise Incorrect("your function left a transaction open: commit each batch (or use autocommit).")
         with box.connect("check") as conn:
-            missing = unfilled_rows(conn)
+            missing = backfill.unfilled_rows(conn)
         if missing:
             raise Incorrect(f"{missing:,} of {total:,} users still have no (or a wrong) email_domain: the loop "
                             f"must go on until a batch finds no row left.")
@@ -226,7 +155,7 @@ class BatchedBackfill(Exercise):
             measured = require_unnoticed(report, "your backfill")
         except Incorrect as exc:
             raise Incorrect(f"every row is filled, but {exc} Commit each batch, and pause between them.") from None
-        took = report.statements[-1]["duration_ms"] or 0.0
+        took = report.statements[0]["duration_ms"] or 0.0
         return (f"all {total:,} rows filled in {took / 1000:,.1f} s under traffic; {measured}; "
                 f"{report.requests:,} requests served.")
 
@@ -252,11 +181,10 @@ class LockTimeoutRetry(Exercise):
 
     def grade(self, box: Sandbox, run_with_lock_timeout: Any) -> str:
         need_function("run_with_lock_timeout", run_with_lock_timeout, "conn, sql, timeout_ms, retries, backoff")
-        ensure_seeded(box)
-        column = "lock_probe"
+        ensure_seeded(box, USERS_ROWS)
+        column, alter = "lock_probe", "ALTER TABLE users ADD COLUMN lock_probe text"  # the function takes SQL
         with box.connect("check") as conn:
             conn.execute(pgsql.SQL("ALTER TABLE users DROP COLUMN IF EXISTS {}").format(pgsql.Identifier(column)))
-        alter = "ALTER TABLE users ADD COLUMN lock_probe text"  # the learner's function takes SQL text
 
         # 1. A lock that never comes free within the retries: the function must give up, with an error.
         with box.connect("migration") as mig, LongTransaction(box, "users", 60, mig.info.backend_pid) as lt:
@@ -272,9 +200,8 @@ class LockTimeoutRetry(Exercise):
                                 "cancelled it: set lock_timeout to timeout_ms before running the statement."
                                 ) from None
             except psycopg.Error as exc:
-                first = first_line(exc)
                 raise Incorrect(f"with a lock held all along, your function failed with something other than "
-                                f"LockNotAvailable: {first}") from None
+                                f"LockNotAvailable: {first_line(exc)}") from None
             spent = time.monotonic() - start
             stuck = mig.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
         if raised is None:
@@ -292,26 +219,23 @@ class LockTimeoutRetry(Exercise):
                             f"it queued {gave_up_after} time(s).")
 
         # 2. Under traffic, a long transaction that ends hold_s after the ALTER first queues.
-        with box.connect("migration") as mig, traffic(box) as t:
-            mig.execute("SET statement_timeout = '10s'")
-            t.wait_for_requests(len(KINDS) * 25, timeout=10)
-            time.sleep(BASELINE_S)
+        seen: dict[str, Any] = {}
+
+        def behind_long_transaction(mig: psycopg.Connection) -> None:
             with LongTransaction(box, "users", self.hold_s, mig.info.backend_pid) as lt:
-                with t.statement("run_with_lock_timeout(...)", alter, conn=mig):
-                    try:
-                        call_learner("your run_with_lock_timeout", run_with_lock_timeout, mig, alter,
-                                     self.timeout_ms, self.retries, self.backoff)
-                    except psycopg.Error as exc:
-                        first = first_line(exc)
-                        raise Incorrect(f"the long transaction ended {self.hold_s} s after your first attempt, "
-                                        f"yet your function failed: {first}. Retry, with a growing pause, "
-                                        f"{self.retries} times.") from None
-                done_at = time.monotonic()
-                released_at = lt.released_at
-                waits = list(lt.waits)
-            time.sleep(BASELINE_S)
+                call_learner("your run_with_lock_timeout", run_with_lock_timeout, mig, alter,
+                             self.timeout_ms, self.retries, self.backoff)
+                seen.update(done_at=time.monotonic(), released_at=lt.released_at, waits=list(lt.waits))
+
+        step = learner_step("run_with_lock_timeout", behind_long_transaction, seen)
         # Each attempt may queue the app for up to timeout_ms: a bound the function chose.
-        report = self.last_report = t.report(allowed_ms=self.timeout_ms)
+        report = self.last_report = measure_in(box, [step], settle_s=BASELINE_S, statement_timeout="10s",
+                                               allowed_ms=self.timeout_ms)
+        if "error" in seen:
+            raise learner_failure(seen["error"], f"the long transaction ended {self.hold_s} s after your first "
+                                  f"attempt, yet your function failed: {{}}. Retry, with a growing pause, "
+                                  f"{self.retries} times.")
+        done_at, released_at, waits = seen["done_at"], seen["released_at"], seen["waits"]
         with box.connect("check") as conn:
             added = conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass "
                                  "AND attname = %s AND NOT attisdropped", [column]).fetchone()[0]
@@ -327,13 +251,12 @@ class LockTimeoutRetry(Exercise):
         if longest * 1000 > report.judgement.limit_ms:  # timeout_ms plus this run's noise
             raise Incorrect(f"one attempt waited {_ms(longest)} for the lock: set lock_timeout to timeout_ms "
                             f"({self.timeout_ms} ms) before running the statement.")
-        stall = report.judgement.stall_ms
         if report.verdict in ("blocking", "breaking"):
             raise Incorrect(f"the ALTER got through, but {report.judgement.reasons[0]}.")
         return (f"with the lock held, your function gave up after {gave_up_after} queued attempts; "
                 f"under traffic it queued {len(before)} times (longest wait {_ms(longest)}) while the long "
                 f"transaction lived, then added the column {_ms(done_at - released_at)} after it ended. "
-                f"Longest app stall: {stall:,.0f} ms, within timeout_ms plus this run's noise "
+                f"Longest app stall: {report.judgement.stall_ms:,.0f} ms, within timeout_ms plus this run's noise "
                 f"({report.judgement.limit_ms:,.0f} ms).")
 
 
@@ -405,9 +328,9 @@ class DownMigration(Exercise):
             _run_script(conn, CONTRACT_SQL, "contract, run again after your down,")
             after_up2 = checksum(conn)
             conn.rollback()
-        if after_down[2] != before[2]:
-            raise Incorrect(f"after down the columns are {_cols(after_down[2])}; before the contract they were "
-                            f"{_cols(before[2])}.")
+        if after_down[2] != before[2]:  # the columns: (name, type) pairs
+            raise Incorrect(f"after down the columns are {', '.join(map(' '.join, after_down[2]))}; before the "
+                            f"contract they were {', '.join(map(' '.join, before[2]))}.")
         if after_down[:2] != before[:2]:
             raise Incorrect(f"after down the table has the columns back ({before[0]:,} rows before, "
                             f"{after_down[0]:,} after) but not the same values: checksum {after_down[1][:8]} "
@@ -419,20 +342,6 @@ class DownMigration(Exercise):
                 f"(identical to the first).")
 
 
-def _cols(columns: tuple) -> str:
-    return ", ".join(f"{n} {t}" for n, t in columns)
-
-
 ex = Notebook("01_risks", q1=EstimateAt100M(), q2=BatchedBackfill(), q3=LockTimeoutRetry(),
               q4=FailsInProduction(), q5=DownMigration())
 
-
-@contextlib.contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    """``with timed() as took: ...``; then ``took()`` is the block's duration in seconds."""
-    start = time.perf_counter()
-    end: list[float] = []
-    try:
-        yield lambda: (end[0] if end else time.perf_counter()) - start
-    finally:
-        end.append(time.perf_counter())
