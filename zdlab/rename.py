@@ -106,7 +106,7 @@ def out_of_sync(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT count(*) FROM customers WHERE name IS DISTINCT FROM full_name").fetchone()[0]
 
 
-def backfill(conn: psycopg.Connection, batch: int = 1000) -> int:
+def backfill(conn: psycopg.Connection, batch: int = 250) -> int:
     """Copy name into full_name, one short transaction per id range; the number of batches."""
     top = conn.execute("SELECT coalesce(max(id), 0) FROM customers").fetchone()[0]
     batches = 0

@@ -128,7 +128,7 @@ class MissingDowngrade(Exercise):
 
 # -- q2: the dual-write trigger, under two application versions -----------------------------------
 
-Q2_CUSTOMERS, Q2_BATCH = 5_000, 250  # short backfill batches: a v1 rename waits on one for a moment only
+Q2_CUSTOMERS = 5_000
 
 
 class DualWriteTrigger(Exercise):
@@ -154,7 +154,7 @@ class DualWriteTrigger(Exercise):
         v1, v2 = app_versions(Q2_CUSTOMERS)
 
         def step_3_backfill(conn: psycopg.Connection) -> None:
-            backfill(conn, batch=Q2_BATCH)
+            backfill(conn)
 
         def step_4_v2_on_two_pods(conn: psycopg.Connection, *, traffic: Traffic) -> None:
             start = traffic.served("v2")

@@ -127,7 +127,7 @@ class LiveMigration(Exercise):
         "The steps, in order: ADD COLUMN amount_cents_big bigint (nullable, no default: instant) -> a "
         "BEFORE INSERT OR UPDATE trigger that sets NEW.amount_cents_big := NEW.amount_cents -> "
         "in_batches(\"UPDATE orders SET amount_cents_big = amount_cents WHERE id BETWEEN %(lo)s AND "
-        "%(hi)s\", 2_000) -> ADD CONSTRAINT ... CHECK (amount_cents_big IS NOT NULL) NOT VALID -> VALIDATE "
+        "%(hi)s\", 500) -> ADD CONSTRAINT ... CHECK (amount_cents_big IS NOT NULL) NOT VALID -> VALIDATE "
         "CONSTRAINT -> SET NOT NULL (no scan thanks to the CHECK) and drop the CHECK -> deploy(V2) -> "
         "the swap -> drop the old column and the trigger function. Every DDL step gets "
         "SET lock_timeout (the board retries a step that hits it).",
