@@ -209,26 +209,27 @@ def test_custom_app_versions_and_a_rolling_deploy(make_sandbox):
 
 def test_a_held_lock_is_judged_per_transaction_of_the_step():
     """A batched backfill: app requests wait on each batch's row locks, one batch at a time. Each
-    batch is a transaction of its own, so the step is judged by its worst batch, not as one lock
-    held for the whole step; the same waits inside ONE transaction are one lock held throughout."""
+    batch is a transaction of its own, bounded by the batch size: it does not count against the
+    step. The same waits inside ONE transaction are one lock held throughout: it counts."""
+    from zdlab.judge import holders
+
     span = Span("backfill", "UPDATE ...", 0.0, 0.2, pid=9)
 
-    def samples(xact_of):  # 20 samples, 10 ms apart; an app request waits on pid 9 in every other one
-        return [Sample(i / 100, {1: (9,)} if i % 2 else {}, frozenset({1}), frozenset(), {9: xact_of(i)})
+    def samples(xact_of):  # 20 samples, 10 ms apart; an app request waits on pid 9 in 3 of every 4
+        return [Sample(i / 100, {1: (9,)} if i % 4 else {}, frozenset({1}), frozenset(), {9: xact_of(i)})
                 for i in range(20)]
 
     batches = held_by(span, samples(lambda i: float(i // 4)))  # a new transaction every 4 samples
-    assert batches["transactions"] == 5 and batches["samples"] == 2 and batches["held_ms"] == pytest.approx(40)
+    assert batches["transactions"] == 5 and batches["share"] == 0.2
+    assert batches["samples"] == 3 and batches["held_ms"] == pytest.approx(40)
     one = held_by(span, samples(lambda i: 0.0))
-    assert one["transactions"] == 1 and one["samples"] == 10 and one["held_ms"] == pytest.approx(200)
-    assert one["coverage"] == batches["coverage"] == 0.5
-
-
-def test_a_batch_counts_once_its_wait_exceeds_the_noise_a_whole_statement_once_it_exceeds_the_floor():
-    from zdlab.judge import holders
-
-    one = {"label": "UPDATE", "coverage": 0.9, "samples": 8, "wait_ms": 80.0, "held_ms": 90.0, "transactions": 1}
-    batch = dict(one, label="batches", transactions=20)
-    # floor 50 ms (the slowest request on its own), noise 120 ms: the statement blocks, the batch does not
-    assert holders([one, batch], 50.0, limit_ms=120.0) == [one]
-    assert holders([batch], 50.0, limit_ms=60.0) == [batch]  # a batch the app waited on for longer than the noise
+    assert one["transactions"] == 1 and one["share"] == 1.0
+    assert one["samples"] == 15 and one["held_ms"] == pytest.approx(200)
+    assert one["coverage"] == batches["coverage"] == 0.75
+    assert holders([batches], floor_ms=10.0) == [] and holders([one], floor_ms=10.0) == [one]
+    # between two batches the session holds nothing: idle samples are not a transaction
+    paused = held_by(span, samples(lambda i: None if i % 4 == 3 else float(i // 4)))
+    assert paused["transactions"] == 5 and paused["share"] == pytest.approx(0.2)
+    # two "batches" of half the table each: the worst took half the step: it grows with the table
+    halves = held_by(span, samples(lambda i: float(i // 10)))
+    assert halves["share"] == 0.5 and holders([halves], floor_ms=10.0) == [halves]

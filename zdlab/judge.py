@@ -16,9 +16,8 @@ judges, so a fast laptop and a crowded CI machine reach the same verdict for the
   are the application's own business and do not count against the migration.
 - **held**: for each migration statement, the time app requests waited on a lock that statement's
   session *held while working* (the session itself was not waiting for a lock), per transaction:
-  a lock is held until its transaction ends, so a batched backfill is judged batch by batch (and
-  a batch, whose work does not grow with the table, only once the app waited on it longer than
-  the noise). A statement whose
+  a lock is held until its transaction ends, so a batched backfill is judged batch by batch, and
+  a batch counts only when it took most of the step's time (then it grows with the table). A statement whose
   waiters cover at least ``HELD_COVERAGE`` of its own working time, for longer than the slowest
   request of the run took on its own (and ``HELD_MIN_SAMPLES`` samples; one sample when it
   rewrote a table the app uses, from ``relfilenode``), blocks for as long as it runs, so it
@@ -96,7 +95,7 @@ def held_floor_ms(report: Report) -> float:
     return max(free[-1] if free else 0.0, HELD_MIN_SAMPLES * (report.sample_interval_ms or 10.0))
 
 
-def holders(held: list[dict], floor_ms: float, rewrote: bool = False, limit_ms: float = 0.0) -> list[dict]:
+def holders(held: list[dict], floor_ms: float, rewrote: bool = False) -> list[dict]:
     """The statements that held a lock the app waited on for most of their work, for longer than
     ``floor_ms`` (``held_floor_ms``).
 
@@ -104,19 +103,16 @@ def holders(held: list[dict], floor_ms: float, rewrote: bool = False, limit_ms: 
     while copying every row: one sample of app requests waiting on it is evidence enough.
 
     A step of several transactions (a batched backfill) is judged by its worst transaction, and
-    that one's work is bounded by the batch, not by the table: it does not grow with the table,
-    so its waits count like any other wait, once longer than ``limit_ms`` (the run's noise)."""
-    def enough(h: dict) -> bool:
-        if h.get("transactions", 1) > 1:
-            return h["wait_ms"] > max(floor_ms, limit_ms)
-        return rewrote or h["wait_ms"] > floor_ms
-
-    return [h for h in held if h["coverage"] >= HELD_COVERAGE and h["samples"] >= 1 and enough(h)]
+    only when that one took most of the step's time in a transaction (``share``): then it grows
+    with the table like one statement. One batch of many is bounded by the batch size, whatever
+    the table's: a request waits for one batch at most, which is what batching is for."""
+    return [h for h in held if h["coverage"] >= HELD_COVERAGE and h["samples"] >= 1
+            and h.get("share", 1.0) >= HELD_COVERAGE and (rewrote or h["wait_ms"] > floor_ms)]
 
 
 def blocks(stall_ms: float, held: list[dict], limit_ms: float, floor_ms: float, rewrote: bool = False) -> bool:
     """The blocking half of the rule, for a whole run or for one step's window."""
-    return stall_ms > limit_ms or bool(holders(held, floor_ms, rewrote, limit_ms))
+    return stall_ms > limit_ms or bool(holders(held, floor_ms, rewrote))
 
 
 def judge(report: Report, *, allowed_ms: float = 0.0) -> Judgement:
@@ -143,7 +139,7 @@ def judge(report: Report, *, allowed_ms: float = 0.0) -> Judgement:
         if stall > j.limit_ms:
             j.reasons.append(f"app requests queued {stall:,.0f} ms in one stretch behind the migration, more than "
                              f"this run's noise ({noise:,.0f} ms{_allowed(allowed_ms)})")
-        for h in holders(report.held, j.held_floor_ms, rewrote, j.limit_ms):
+        for h in holders(report.held, j.held_floor_ms, rewrote):
             grows = (f"; if its work grows with the table (a build, a rewrite, an UPDATE of every row), about "
                      f"{h['held_ms'] * 10 / 1000:,.1f} s at {report.rows * 10:,} rows (notebook 01 measures how)"
                      if report.rows else "")

@@ -357,16 +357,20 @@ def held_by(span: Span, samples: list[Sample]) -> dict[str, Any] | None:
     work: the app waiting behind it then is the lock queue, judged by the stall instead.
 
     A lock is held until its transaction ends, so a step of many transactions (a batched
-    backfill) is judged by its worst transaction: the app waits for one batch, not for the
-    whole backfill. One statement, or a BEGIN ... COMMIT block, is one transaction."""
+    backfill) is judged by its worst transaction, and ``share`` says how much of the step's
+    time in a transaction that one took: a batch of many is bounded by the batch size, one
+    transaction doing most of the work grows with the table. One statement, or a BEGIN ...
+    COMMIT block, is one transaction (``share`` 1)."""
     if span.pid is None:
         return None
     end = span.end if span.end is not None else float("inf")
     inside = [s for s in samples if span.start <= s.t <= end]
     working = [s for s in inside if span.pid not in s.lock_waiting]
-    transactions: dict[float | None, list[Sample]] = {}
-    for s in working:
-        transactions.setdefault(s.xacts.get(span.pid), []).append(s)
+    transactions: dict[object, list[Sample]] = {}
+    for s in working:  # keyed by the transaction's start; a session between transactions holds nothing
+        key = s.xacts.get(span.pid, _UNSEEN)
+        if key is not None:
+            transactions.setdefault(key, []).append(s)
     gaps = [b.t - a.t for a, b in zip(samples, samples[1:], strict=False)]
     step_ms = statistics.median(gaps) * 1000 if gaps else 10.0
 
@@ -375,10 +379,14 @@ def held_by(span: Span, samples: list[Sample]) -> dict[str, Any] | None:
 
     worst = max(transactions.values(), key=lambda g: (waited(g), len(g)), default=[])
     held = waited(worst)
+    in_tx = sum(len(g) for g in transactions.values())
     return {"label": span.label, "held_ms": round(len(worst) * step_ms, 1),
             "wait_ms": round(held * step_ms, 1), "samples": held,
             "coverage": round(held / len(worst), 3) if worst else 0.0,
-            "transactions": len(transactions)}
+            "transactions": len(transactions), "share": round(len(worst) / in_tx, 3) if in_tx else 1.0}
+
+
+_UNSEEN = object()  # the sampler did not see the session: its samples count as one transaction
 
 
 def _inline_in_notebook() -> None:

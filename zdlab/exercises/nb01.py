@@ -42,7 +42,7 @@ USERS_ROWS = 200_000  # users rows the notebook seeds; checkers seed as many whe
 ESTIMATE_ROWS = 100_000_000
 ESTIMATE_TOLERANCE = 0.2  # the estimate may differ from the fit's prediction by 20%
 BASELINE_S = 0.3  # traffic before and after the graded step, so its plot shows the contrast
-BACKFILL_BATCH = 500  # risk 2: the batch size the check calls backfill_batched with
+BACKFILL_BATCH = 2_000  # risk 2: the batch size the check calls backfill_batched with
 
 # Risk 4: all four pass on an empty database; production data is not what the seed script makes.
 CANDIDATES = {
