@@ -31,7 +31,7 @@ from psycopg.pq import TransactionStatus
 from . import grader, statements
 from .errors import BadInput
 from .judge import blocks, held_floor_ms, noise_ms
-from .measure import run_step
+from .measure import WARMUP_PER_KIND, run_step  # old code must hold prepared plans, as a real pool does
 from .report import held_by, stall_intervals, working_in
 from .sandbox import Sandbox
 from .traffic import AppVersion, Traffic, describe_error, traffic
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .report import Report
 
 SETTLE_S = 1.0  # baseline before the first step and tail after the last: shows the contrast
-WARMUP_PER_KIND = 6  # psycopg prepares after 5 runs: old code must hold prepared plans, as a real pool does
+
 AFTER_STEP_REQUESTS = 3  # per worker and request kind, served after a step before its line is printed
 WAIT_S = 5.0  # bound on every wait for the application
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # a step that hit its lock_timeout is retried this often
