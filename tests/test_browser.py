@@ -51,7 +51,7 @@ def test_setup_notebook_runs_in_the_browser(browser_ready, db_url, tmp_path):
         # What the notebook shows when all went well: the checklist passed, the seed's rows are
         # there, and the exercise's check says correct.
         expected = {
-            "for line in doctor.checklist()": ["[ok] database reachable", "[ok] %sql magic loads"],
+            "doctor.ready()": ["[ok] database reachable", "[ok] %sql magic loads"],
             "SELECT 'users' AS table_name": ["users\t100000", "orders\t100000"],
             "ex.q1.check()": ["✓ Correct"],
         }

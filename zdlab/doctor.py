@@ -183,6 +183,7 @@ def ready() -> None:
     if failed:
         raise ZdlabError("Some checks failed. Fix them, then run this cell again:\n" + "\n".join(failed))
 
+
 # -- what a crash leaves behind ----------------------------------------------------------------
 
 SESSIONS_SQL = """
