@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,18 @@ def own_progress(tmp_path, monkeypatch):
     return tmp_path / "progress"
 
 
+def _exercises_in_the_notebooks() -> int:
+    """The exercises a learner meets: one `ex.qN.check()` cell each in the solution notebooks."""
+    found = set()
+    for nb in (Path(__file__).resolve().parent.parent / "solutions").glob("*.ipynb"):
+        for cell in json.loads(nb.read_text())["cells"]:
+            found |= {(nb.stem, q) for q in re.findall(r"^ex\.(q\d+)\.check\(\)", "".join(cell["source"]), re.M)}
+    return len(found)
+
+
+EXERCISES = _exercises_in_the_notebooks()
+
+
 def test_a_passed_check_records_itself_per_learner(db_url, own_progress, monkeypatch):
     monkeypatch.delenv("ZDLAB_STRICT_CHECKS", raising=False)  # an incorrect answer returns, not raises
     monkeypatch.setenv("ZDLAB_LEARNER", "alice")
@@ -145,9 +158,9 @@ def test_a_passed_check_records_itself_per_learner(db_url, own_progress, monkeyp
         table = zdlab("progress", env={"ZDLAB_LEARNER": "alice", "ZDLAB_PROGRESS_DIR": str(own_progress)})
         assert table.returncode == 0
         assert [line for line in table.stdout.splitlines() if line.startswith("00_setup") and "✓" in line]
-        assert "1 of 12 exercises passed by alice" in table.stdout
+        assert f"1 of {EXERCISES} exercises passed by alice" in table.stdout
         other = zdlab("progress", env={"ZDLAB_LEARNER": "bob", "ZDLAB_PROGRESS_DIR": str(own_progress)})
-        assert "0 of 12 exercises passed by bob" in other.stdout and "✓" not in other.stdout
+        assert f"0 of {EXERCISES} exercises passed by bob" in other.stdout and "✓" not in other.stdout
         reset = zdlab("progress", "--reset", env={"ZDLAB_LEARNER": "alice", "ZDLAB_PROGRESS_DIR": str(own_progress),
                                                   "DATABASE_URL": ""})
         assert reset.returncode == 0 and "cleared" in reset.stdout

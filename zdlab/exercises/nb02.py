@@ -284,7 +284,7 @@ REFUSALS = [  # (the backup table's query or None, the deployed queries, what dr
     ("SELECT id, fax FROM accounts WHERE id <> 500", NO_FAX,
      "the backup lacks a row (id 500), and your function dropped the column anyway."),
 ]
-FAX_MD5 = "SELECT md5(string_agg(id || ':' || coalesce(fax, ''), ',' ORDER BY id)) FROM {}"
+FAX_MD5 = sql.SQL("SELECT md5(string_agg(id || ':' || coalesce(fax, ''), ',' ORDER BY id)) FROM {}")
 
 
 def _has_column(conn: psycopg.Connection, table: str, column: str) -> bool:
@@ -310,7 +310,7 @@ class GuardedDrop(Exercise):
         with scratch(box, "q4") as sb, sb.connect("check") as conn:
             conn.execute(Q4_SETUP_SQL)
             before = fingerprint(conn, "accounts")
-            values = conn.execute(FAX_MD5.format("accounts")).fetchone()[0]
+            values = conn.execute(FAX_MD5.format(sql.Identifier("accounts"))).fetchone()[0]
 
             def attempt(queries: list[str]) -> BaseException | None:
                 try:
@@ -325,7 +325,7 @@ class GuardedDrop(Exercise):
             for backup, queries, wrong in REFUSALS + [("SELECT id, fax FROM accounts", NO_FAX, "")]:
                 conn.execute("DROP TABLE IF EXISTS accounts_fax_backup")
                 if backup:
-                    conn.execute(f"CREATE TABLE accounts_fax_backup AS {backup}")
+                    conn.execute(sql.SQL("CREATE TABLE accounts_fax_backup AS {}").format(sql.SQL(backup)))
                 refused = attempt(queries)
                 if wrong and (refused is None or not _has_column(conn, "accounts", "fax")):
                     raise Incorrect(wrong)
@@ -335,7 +335,7 @@ class GuardedDrop(Exercise):
             if _has_column(conn, "accounts", "fax"):
                 raise Incorrect("your function returned without error, but accounts.fax is still there.")
             after = fingerprint(conn, "accounts")
-            kept = conn.execute(FAX_MD5.format("accounts_fax_backup")).fetchone()[0]
+            kept = conn.execute(FAX_MD5.format(sql.Identifier("accounts_fax_backup"))).fetchone()[0]
         if after["rows"] != before["rows"] or [c[0] for c in after["columns"]] != ["email", "id"]:
             raise Incorrect(f"after the drop accounts should keep its {before['rows']} rows and the columns "
                             f"email and id; it has {after['rows']} rows and {[c[0] for c in after['columns']]}.")
