@@ -25,9 +25,10 @@ import psycopg
 from psycopg import sql
 
 from .errors import ZdlabError
+from .retry import on_lock_timeout
 from .sandbox import Sandbox
 from .statements import split
-from .traffic import AppVersion, RequestContext, Traffic, wait_until
+from .traffic import AppVersion, RequestContext, Traffic, describe_error, wait_until
 
 if TYPE_CHECKING:
     from .report import Report
@@ -191,10 +192,16 @@ class Rollout:
         self.windows.append(Window(label, start, drift))
 
     def sql(self, label: str, text: str) -> None:
-        """Run one step's SQL, statement by statement; a failed statement stops the rollout."""
+        """Run one step's SQL, statement by statement; a failed statement stops the rollout. A
+        statement that hits the connection's lock_timeout is tried again (``zdlab.retry``): the
+        app waits at most that long per attempt."""
         start = self.t.now()
         for stmt in split(text):
-            span = self.t.run(self.mig, stmt, label=label)
+            with self.t.statement(label, stmt, conn=self.mig) as span:
+                try:
+                    on_lock_timeout(lambda s=stmt: self.mig.execute(s, prepare=False))
+                except psycopg.Error as exc:
+                    span.error = describe_error(exc)
             if span.error:
                 raise ZdlabError(f"{label} failed: {span.error}")
         self.settle(label, start)

@@ -33,6 +33,8 @@ from .errors import BadInput
 from .judge import blocks, held_floor_ms, noise_ms
 from .measure import WARMUP_PER_KIND, run_step  # old code must hold prepared plans, as a real pool does
 from .report import held_by, stall_intervals, working_in
+from .retry import BACKOFF_S as RETRY_BACKOFF_S
+from .retry import on_lock_timeout
 from .sandbox import Sandbox
 from .traffic import AppVersion, Traffic, describe_error, traffic
 
@@ -45,7 +47,6 @@ SETTLE_S = 1.0  # baseline before the first step and tail after the last: shows 
 
 AFTER_STEP_REQUESTS = 3  # per worker and request kind, served after a step before its line is printed
 WAIT_S = 5.0  # bound on every wait for the application
-RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # a step that hit its lock_timeout is retried this often
 DEFAULT_CHECKSUM = "hashtext(id::text || ':' || amount_cents::text)"
 
 
@@ -488,13 +489,7 @@ class Scoreboard:
 
 def _with_retries(board: Scoreboard, fn: Callable[[], Any]) -> Any:
     """Run ``fn``; on LockNotAvailable (the step's own lock_timeout) back off and try again."""
-    delays = RETRY_BACKOFF_S if board._retrying else ()
-    for delay in (*delays, None):
-        try:
-            return fn()
-        except psycopg.errors.LockNotAvailable:
-            if delay is None:
-                raise
-            board._retry_count += 1
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    def count() -> None:
+        board._retry_count += 1
+
+    return on_lock_timeout(fn, RETRY_BACKOFF_S if board._retrying else (), count)
