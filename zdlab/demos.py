@@ -168,15 +168,19 @@ def prepared_star_apps(table: str = "users") -> tuple[AppVersion, AppVersion]:
     ``autocommit`` runs it alone (the kit's simulated app), ``transaction`` inside BEGIN ... COMMIT
     (psycopg 3's ``conn.transaction()``: a failure there ends in ROLLBACK)."""
     from psycopg import sql as pgsql
+    from psycopg.types.numeric import Int8
 
     query = pgsql.SQL("SELECT * FROM {} WHERE id = %s").format(pgsql.Identifier(table))
 
+    # psycopg 3 sends a Python int as int2, int4 or int8 by its size, and keeps one prepared
+    # statement per parameter type: ids under 32768 would be a second statement, prepared (with
+    # the new columns) only after five of them, long after the others. One type, one statement.
     def autocommit(conn: psycopg.Connection, ctx: RequestContext) -> None:
-        conn.execute(query, [ctx.user_id]).fetchall()
+        conn.execute(query, [Int8(ctx.user_id)]).fetchall()
 
     def in_transaction(conn: psycopg.Connection, ctx: RequestContext) -> None:
         with conn.transaction():
-            conn.execute(query, [ctx.user_id]).fetchall()
+            conn.execute(query, [Int8(ctx.user_id)]).fetchall()
 
     return (AppVersion("autocommit", {"read_user": autocommit}),
             AppVersion("transaction", {"read_user": in_transaction}))
