@@ -5,7 +5,8 @@ order of the columns does not matter, their names, values and NULLs do), rows in
 
 - ``checksum(conn, table)``: (rows, md5, columns with their types): the data;
 - ``fingerprint(conn, table)``: the same rows and md5, plus the columns, constraints and indexes
-  from the catalogs: the schema too; ``differences(before, after)`` says in words what changed.
+  from the catalogs: the schema too; ``differences(before, after)`` says in words what changed;
+- ``values_md5(conn, table, columns)``: the md5 over some columns (a backup of one column).
 
 ``table`` is a name as it is, not SQL: it is quoted (sql.Identifier, quote_ident) where used.
 """
@@ -19,7 +20,7 @@ from psycopg import sql
 
 ROWS_SQL = sql.SQL("""
 SELECT count(*), md5(coalesce(string_agg(r, '|' ORDER BY r), ''))
-FROM (SELECT to_jsonb(t)::text AS r FROM {table} AS t) AS rows""")
+FROM (SELECT to_jsonb(t)::text AS r FROM (SELECT {columns} FROM {table}) AS t) AS rows""")
 TYPES_SQL = """
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 WHERE attrelid = to_regclass(quote_ident(%(table)s)) AND attnum > 0 AND NOT attisdropped ORDER BY attname"""
@@ -40,11 +41,17 @@ WHERE schemaname = current_schema() AND tablename = %(table)s
 ORDER BY indexname"""
 
 
-def _rows(conn: psycopg.Connection, table: str) -> tuple[int | None, str | None]:
+def _rows(conn: psycopg.Connection, table: str, columns: list[str] | None = None) -> tuple[int | None, str | None]:
     if not conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", [table]).fetchone()[0]:
         return None, None
-    count, digest = conn.execute(ROWS_SQL.format(table=sql.Identifier(table))).fetchone()
+    cols = sql.SQL("*") if columns is None else sql.SQL(", ").join(map(sql.Identifier, columns))
+    count, digest = conn.execute(ROWS_SQL.format(columns=cols, table=sql.Identifier(table))).fetchone()
     return count, digest
+
+
+def values_md5(conn: psycopg.Connection, table: str, columns: list[str]) -> str | None:
+    """The same row hash over some columns only: two tables hold the same (id, value) pairs."""
+    return _rows(conn, table, columns)[1]
 
 
 def checksum(conn: psycopg.Connection, table: str = "customers") -> tuple[int | None, str | None, tuple]:

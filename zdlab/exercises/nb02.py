@@ -32,7 +32,7 @@ from ..checks import (
     require_unnoticed,
 )
 from ..errors import first_line
-from ..fingerprint import differences, fingerprint
+from ..fingerprint import differences, fingerprint, values_md5
 from ..measure import measure_in
 from ..migrate import Migration, MigrationError, Migrator
 from ..rename import CUSTOMERS_SQL, app_versions, backfill, out_of_sync, unmirrored_writes
@@ -284,7 +284,6 @@ REFUSALS = [  # (the backup table's query or None, the deployed queries, what dr
     ("SELECT id, fax FROM accounts WHERE id <> 500", NO_FAX,
      "the backup lacks a row (id 500), and your function dropped the column anyway."),
 ]
-FAX_MD5 = sql.SQL("SELECT md5(string_agg(id || ':' || coalesce(fax, ''), ',' ORDER BY id)) FROM {}")
 
 
 def _has_column(conn: psycopg.Connection, table: str, column: str) -> bool:
@@ -310,7 +309,7 @@ class GuardedDrop(Exercise):
         with scratch(box, "q4") as sb, sb.connect("check") as conn:
             conn.execute(Q4_SETUP_SQL)
             before = fingerprint(conn, "accounts")
-            values = conn.execute(FAX_MD5.format(sql.Identifier("accounts"))).fetchone()[0]
+            values = values_md5(conn, "accounts", ["id", "fax"])
 
             def attempt(queries: list[str]) -> BaseException | None:
                 try:
@@ -335,7 +334,7 @@ class GuardedDrop(Exercise):
             if _has_column(conn, "accounts", "fax"):
                 raise Incorrect("your function returned without error, but accounts.fax is still there.")
             after = fingerprint(conn, "accounts")
-            kept = conn.execute(FAX_MD5.format(sql.Identifier("accounts_fax_backup"))).fetchone()[0]
+            kept = values_md5(conn, "accounts_fax_backup", ["id", "fax"])
         if after["rows"] != before["rows"] or [c[0] for c in after["columns"]] != ["email", "id"]:
             raise Incorrect(f"after the drop accounts should keep its {before['rows']} rows and the columns "
                             f"email and id; it has {after['rows']} rows and {[c[0] for c in after['columns']]}.")
